@@ -1,0 +1,126 @@
+"""What every request passes through: request ids, CORS, access keys, JSON errors.
+
+Errors are always OpenAI envelopes with `application/json` (never Flask's HTML pages,
+never a redirect), CORS headers are on every response including errors and streams, and a
+CORS preflight needs no key (clients.md section 4).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from typing import Any
+
+import simplejson
+from flask import Flask, Response, g, request
+from werkzeug.exceptions import HTTPException
+
+from config import Settings
+from services.auth import key_is_valid, presented_key
+from services.errors import OpenAIError, invalid_api_key, invalid_request, server_error
+
+log = logging.getLogger(__name__)
+
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# Paths a client may call without a key.
+_OPEN_PATHS = {"/healthz", "/readyz"}
+_ALLOWED_HEADERS = (
+    "Authorization, Content-Type, Accept, api-key, X-API-Key, OpenAI-Organization, OpenAI-Project, "
+    "X-Request-Id, X-Dify-Conversation-Id, X-Stainless-Arch, X-Stainless-Lang, X-Stainless-OS, "
+    "X-Stainless-Package-Version, X-Stainless-Retry-Count, X-Stainless-Runtime, X-Stainless-Runtime-Version, "
+    "X-Stainless-Timeout, X-Stainless-Read-Timeout, X-Stainless-Async"
+)
+_EXPOSED_HEADERS = "X-Request-Id, Retry-After, X-Should-Retry, X-Dify-Conversation-Id"
+
+
+def error_response(error: OpenAIError) -> Response:
+    response = Response(simplejson.dumps(error.body()), status=error.status, mimetype="application/json")
+    for name, value in error.headers.items():
+        response.headers[name] = value
+    return response
+
+
+def read_json() -> Any:
+    """The request body as JSON, whatever the Content-Type (curl -d sends form-encoded)."""
+    raw = request.get_data(cache=False)
+    if not raw.strip():
+        raise invalid_request("The request body is empty; send a JSON object.", code="invalid_json")
+    try:
+        return simplejson.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise invalid_request(
+            "We could not parse the JSON body of your request. (HINT: the body must be a JSON object sent with "
+            "Content-Type: application/json.)", code="invalid_json") from None
+
+
+def install(app: Flask, settings: Settings) -> None:
+    app.url_map.strict_slashes = False
+
+    @app.before_request
+    def admit() -> Response | None:
+        incoming = request.headers.get("X-Request-Id", "")
+        g.request_id = incoming if _SANE_REQUEST_ID.fullmatch(incoming) else f"req_{uuid.uuid4().hex}"
+        if request.method == "OPTIONS":
+            return _preflight()
+        g.client_key = presented_key(request.headers)
+        if request.path in _OPEN_PATHS or settings.open_access:
+            return None
+        if not key_is_valid(g.client_key, settings.valid_api_keys):
+            return error_response(invalid_api_key())
+        return None
+
+    @app.after_request
+    def decorate(response: Response) -> Response:
+        origin = _allowed_origin(request.headers.get("Origin"), settings.cors_allow_origins)
+        if origin:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Expose-Headers"] = _EXPOSED_HEADERS
+            if origin != "*":
+                response.headers["Vary"] = "Origin"
+        response.headers["X-Request-Id"] = g.get("request_id") or f"req_{uuid.uuid4().hex}"
+        return response
+
+    @app.errorhandler(OpenAIError)
+    def openai_error(error: OpenAIError) -> Response:
+        return error_response(error)
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> Response:
+        status = error.code or 500
+        if status == 404:
+            return error_response(OpenAIError(404, f"Unknown path: {request.method} {request.path}",
+                                              code="unknown_url"))
+        if status == 405:
+            response = error_response(OpenAIError(405, f"Method {request.method} is not allowed on {request.path}",
+                                                  code="method_not_allowed"))
+            response.headers["Allow"] = ", ".join(error.valid_methods or [])
+            return response
+        if status == 413:
+            return error_response(OpenAIError(413, "The request body is too large.", code="request_too_large"))
+        if status < 500:
+            return error_response(OpenAIError(status, error.description or "Bad request", code="invalid_request"))
+        return error_response(server_error("The gateway failed to handle the request."))
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(server_error("The gateway failed to handle the request."))
+
+
+def _allowed_origin(origin: str | None, allowed: tuple[str, ...]) -> str | None:
+    if "*" in allowed:
+        return "*"
+    if origin and origin in allowed:
+        return origin
+    return None
+
+
+def _preflight() -> Response:
+    response = Response(status=204)
+    response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+    requested = request.headers.get("Access-Control-Request-Headers", "")
+    # Reflect what the browser asks for: `*` would not cover Authorization.
+    response.headers["Access-Control-Allow-Headers"] = requested or _ALLOWED_HEADERS
+    response.headers["Access-Control-Max-Age"] = "86400"
+    return response

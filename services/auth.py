@@ -1,0 +1,45 @@
+"""Client access keys (VALID_API_KEYS) and the Dify `user` derived from them."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping
+
+
+def presented_key(headers: Mapping[str, str]) -> str | None:
+    """The key a client sent: `Authorization: Bearer`, or the `api-key` / `X-API-Key` headers
+    (Azure-style clients and some SDKs)."""
+    authorization = headers.get("Authorization", "")
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    for name in ("api-key", "X-API-Key"):
+        value = headers.get(name, "").strip()
+        if value:
+            return value
+    return None
+
+
+def key_is_valid(key: str | None, valid_keys: tuple[str, ...]) -> bool:
+    """Constant-time check against every configured key (no early exit on a match)."""
+    if key is None:
+        return False
+    presented = key.encode()
+    matched = False
+    for valid in valid_keys:
+        matched |= hmac.compare_digest(presented, valid.encode())
+    return matched
+
+
+def dify_user_for(openai_user: str | None, client_key: str | None) -> str:
+    """The Dify `user`: the OpenAI `user` field, else a stable digest of the client's key.
+
+    Dify scopes conversations, uploads and stop calls to it, so it must be the same on every
+    request of a client; the key itself never leaves the gateway.
+    """
+    if openai_user:
+        return openai_user[:255]
+    if client_key:
+        return "opendify-" + hashlib.sha256(client_key.encode()).hexdigest()[:24]
+    return "opendify-anonymous"

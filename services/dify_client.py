@@ -1,0 +1,119 @@
+"""The one pooled HTTP session to Dify, and the calls the gateway makes with it.
+
+Every failure is turned into an `OpenAIError` here, so callers never see `requests`
+exceptions, and no message ever carries a Dify key (only the route and what Dify said).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from services.errors import OpenAIError, from_dify_error, server_error, upstream_timeout, upstream_unreachable
+
+log = logging.getLogger(__name__)
+
+# Seconds a stop call may take; it runs in the background and must never pile up.
+STOP_TIMEOUT = 5.0
+
+
+class DifyClient:
+    def __init__(self, base_url: str, timeout: float, pool_size: int) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.session = requests.Session()
+        # Retry only connection failures: nothing reached Dify yet, so a retry cannot run
+        # an app twice. Reads and statuses are never retried.
+        retry = Retry(total=2, connect=2, read=0, status=0, other=0, redirect=0, backoff_factor=0.1,
+                      allowed_methods=None, raise_on_status=False)
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=retry)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+
+    def _headers(self, app_key: str) -> dict[str, str]:
+        return {
+            "Authorization": f"Bearer {app_key}",
+            "Content-Type": "application/json",
+            # Compressed SSE would be buffered by the decompressor.
+            "Accept-Encoding": "identity",
+        }
+
+    def _request(self, method: str, app_key: str, path: str, *, payload: Any = None, stream: bool = False,
+                 timeout: float | None = None) -> requests.Response:
+        body = None if payload is None else json.dumps(payload, ensure_ascii=False).encode()
+        wait = timeout or self.timeout
+        try:
+            response = self.session.request(method, self.base_url + path, data=body, stream=stream,
+                                            headers=self._headers(app_key), timeout=(wait, wait),
+                                            allow_redirects=False)
+        except requests.exceptions.Timeout:
+            raise upstream_timeout(f"{method} {path}") from None
+        except requests.exceptions.RequestException as exc:
+            raise upstream_unreachable(f"{method} {path} failed ({type(exc).__name__})") from None
+        if response.status_code >= 300:
+            raise _error_from_response(response, path)
+        return response
+
+    def get_json(self, app_key: str, path: str) -> dict[str, Any]:
+        response = self._request("GET", app_key, path)
+        try:
+            data = response.json()
+        except ValueError:
+            raise server_error(f"Dify answered {path} with a body that is not JSON", 502, "upstream_error") from None
+        if not isinstance(data, dict):
+            raise server_error(f"Dify answered {path} with unexpected JSON", 502, "upstream_error")
+        return data
+
+    def open_stream(self, app_key: str, path: str, payload: dict[str, Any]) -> requests.Response:
+        """POST a streaming call; returns once Dify sent its headers (status checked)."""
+        response = self._request("POST", app_key, path, payload=payload, stream=True)
+        content_type = response.headers.get("Content-Type", "")
+        if "text/event-stream" not in content_type:
+            response.close()
+            kind = content_type or "no content type"
+            raise server_error(f"Dify answered {path} with {kind} instead of an event stream", 502, "upstream_error")
+        return response
+
+    def stop(self, app_key: str, path: str, user: str) -> None:
+        """Ask Dify to stop a task; best effort (Dify answers success even for unknown tasks)."""
+        try:
+            self._request("POST", app_key, path, payload={"user": user}, timeout=STOP_TIMEOUT).close()
+        except OpenAIError as exc:
+            log.warning("stop call %s failed: %s", path, exc.message)
+
+
+def iter_body(response: requests.Response) -> Iterator[bytes]:
+    """Yield the body as it arrives, one network read at a time (no read-ahead buffering)."""
+    raw = response.raw
+    if raw.chunked and raw.supports_chunked_reads():
+        yield from raw.read_chunked(decode_content=False)
+        return
+    while data := raw.read1(65536):
+        yield data
+
+
+def _error_from_response(response: requests.Response, path: str) -> OpenAIError:
+    status = response.status_code
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    finally:
+        response.close()
+    if body is None:
+        if status == 404:
+            return server_error(
+                f"Dify answered {path} with an HTML 404 page: check that DIFY_API_BASE ends with /v1",
+                502, "upstream_misconfigured", retry=False)
+        if 300 <= status < 400:
+            return server_error(f"Dify redirected {path} (HTTP {status}): check DIFY_API_BASE", 502,
+                                "upstream_misconfigured", retry=False)
+        return from_dify_error(status, {"message": f"HTTP {status} with a non-JSON body"},
+                               response.headers.get("Retry-After"))
+    return from_dify_error(status, body, response.headers.get("Retry-After"))

@@ -1,0 +1,101 @@
+"""Validation of OpenAI chat requests, and flattening of message content to text.
+
+Clients send many fields OpenDify does not use (clients.md rule 8): unknown fields and
+explicit nulls are accepted and ignored. What OpenDify does use is checked here, and a bad
+value is a 400 naming the parameter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from services.errors import invalid_request
+
+ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
+INSTRUCTION_ROLES = {"system", "developer"}
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    model: str
+    messages: list[dict[str, Any]]
+    stream: bool
+    include_usage: bool
+    user: str | None
+
+
+def _optional(body: dict[str, Any], name: str, kind: type | tuple[type, ...], label: str) -> Any:
+    value = body.get(name)
+    if value is not None and not isinstance(value, kind):
+        raise invalid_request(f"'{name}' must be {label}.", param=name, code="invalid_type")
+    return value
+
+
+def parse_chat_request(body: Any, model: str | None = None) -> ChatRequest:
+    """Check a /chat/completions body; `model` comes from the path on legacy engine routes."""
+    if not isinstance(body, dict):
+        raise invalid_request("The request body must be a JSON object.", code="invalid_json")
+    model = model or body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise invalid_request("You must provide a model parameter.", param="model", code="missing_required_parameter")
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        raise invalid_request("'messages' is a required property and must be an array.", param="messages",
+                              code="missing_required_parameter")
+    if not messages:
+        raise invalid_request("'messages' must contain at least one message.", param="messages", code="invalid_value")
+    for index, message in enumerate(messages):
+        _check_message(message, index)
+    stream = bool(_optional(body, "stream", bool, "a boolean"))
+    options = _optional(body, "stream_options", dict, "an object") or {}
+    user = _optional(body, "user", str, "a string")
+    return ChatRequest(
+        model=model.strip(),
+        messages=messages,
+        stream=stream,
+        include_usage=stream and options.get("include_usage") is True,
+        user=user.strip() or None if user else None,
+    )
+
+
+def _check_message(message: Any, index: int) -> None:
+    where = f"messages[{index}]"
+    if not isinstance(message, dict):
+        raise invalid_request(f"'{where}' must be an object.", param=where, code="invalid_type")
+    role = message.get("role")
+    if role not in ROLES:
+        raise invalid_request(
+            f"'{where}.role' must be one of {', '.join(sorted(ROLES))} (got {role!r}).",
+            param=f"{where}.role", code="invalid_value")
+    content = message.get("content")
+    if content is None:
+        # Assistant turns that only call tools have no content; every other role needs it.
+        if role in ("assistant", "function"):
+            return
+        raise invalid_request(f"'{where}.content' is required for role '{role}'.", param=f"{where}.content",
+                              code="missing_required_parameter")
+    if isinstance(content, str):
+        return
+    if not isinstance(content, list):
+        raise invalid_request(f"'{where}.content' must be a string or an array of content parts.",
+                              param=f"{where}.content", code="invalid_type")
+    for part_index, part in enumerate(content):
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise invalid_request(f"'{where}.content[{part_index}]' must be an object with a 'type'.",
+                                  param=f"{where}.content[{part_index}]", code="invalid_type")
+        if part["type"] == "text" and not isinstance(part.get("text"), str):
+            raise invalid_request(f"'{where}.content[{part_index}].text' must be a string.",
+                                  param=f"{where}.content[{part_index}].text", code="invalid_type")
+
+
+def content_text(content: Any) -> str:
+    """The text of a message's content: a string, or its text parts joined by newlines.
+
+    Parts that are not text (images, files, audio, unknown types) contribute no text.
+    """
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "\n".join(part["text"] for part in content if part.get("type") == "text" and part.get("text"))

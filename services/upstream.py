@@ -1,0 +1,112 @@
+"""A Dify event stream read by a background greenlet.
+
+The request greenlet must be able to wait for Dify *with a time limit*: to bound the wait
+for the first event before committing to HTTP 200, to send `: ping` while Dify is silent,
+and to pace text. A blocking socket read cannot be interrupted safely, so one greenlet per
+stream does the reading and hands whole network reads over a small queue; the queue's bound
+pushes back on Dify when the client reads slowly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gevent
+import requests
+from gevent.queue import Empty, Queue
+
+from services.dify_client import iter_body
+from services.errors import OpenAIError, server_error, upstream_timeout
+from services.sse import MalformedStream, SSEDecoder
+
+_END = object()
+# Network reads buffered ahead of the client; beyond this the reader waits (backpressure).
+_QUEUE_SIZE = 64
+# How long a finished stream may take to reach the end of Dify's body, so that its
+# connection goes back to the pool instead of being dropped.
+_DRAIN_SECONDS = 2.0
+
+
+class UpstreamStream:
+    def __init__(self, response: requests.Response) -> None:
+        self._response = response
+        self._decoder = SSEDecoder()
+        self._queue: Queue = Queue(_QUEUE_SIZE)
+        self._ended = False
+        self._reader = gevent.spawn(self._read)
+
+    def _read(self) -> None:
+        try:
+            for data in iter_body(self._response):
+                if data:
+                    self._queue.put(data)
+            self._queue.put(_END)
+        except requests.exceptions.ConnectionError as exc:
+            # requests wraps urllib3's ReadTimeoutError in ConnectionError for raw reads.
+            self._queue.put(_read_failure(exc))
+        except Exception as exc:  # urllib3 protocol errors, resets: all mean the stream broke
+            self._queue.put(_read_failure(exc))
+
+    def read(self, timeout: float | None) -> list[dict[str, Any]] | None:
+        """Events that arrived, waiting at most `timeout` s: [] if none came, None at the end."""
+        if self._ended:
+            return None
+        try:
+            item = self._queue.get(timeout=timeout)
+        except Empty:
+            return []
+        events = []
+        while True:
+            if item is _END:
+                self._ended = True
+                events.extend(self._decoder.close())
+                return events or None
+            if isinstance(item, OpenAIError):
+                self._ended = True
+                raise item
+            try:
+                events.extend(self._decoder.feed(item))
+            except MalformedStream as exc:
+                self._ended = True
+                raise server_error(f"Dify sent a malformed stream: {exc}", 502, "upstream_error") from None
+            # Take whatever else is already queued: one client write for several Dify reads.
+            if self._queue.empty():
+                return events
+            item = self._queue.get_nowait()
+
+    def close(self, finished: bool) -> None:
+        """Release the upstream connection.
+
+        After a terminal event (`finished`) the rest of the body (normally just the end of
+        the chunked encoding) is drained in the background so the connection goes back to
+        the pool; otherwise (client gone, error) the connection is dropped at once.
+        """
+        if self._reader.dead:
+            self._response.close()
+        elif finished:
+            gevent.spawn(self._drain_then_close)
+        else:
+            self._reader.kill(block=False)
+            self._response.close()
+
+    def _drain_then_close(self) -> None:
+        if not self._wait_for_end(_DRAIN_SECONDS):
+            self._reader.kill(block=False)
+        self._response.close()
+
+    def _wait_for_end(self, seconds: float) -> bool:
+        """Discard queued data until the body ends; False if it does not end in time."""
+        deadline = gevent.Timeout(seconds, False)
+        with deadline:
+            while True:
+                item = self._queue.get()
+                if item is _END or isinstance(item, OpenAIError):
+                    return True
+        return False
+
+
+def _read_failure(exc: Exception) -> OpenAIError:
+    text = f"{type(exc).__name__}: {exc}".lower()
+    if "timed out" in text or "timeout" in text:
+        return upstream_timeout("no data from Dify within TIMEOUT seconds")
+    return server_error("the connection to Dify broke mid-stream", 502, "upstream_disconnected")
