@@ -44,6 +44,8 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     settings = settings or load_settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # urllib3 logs each connection retry; the gateway reports the outcome once.
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
     app = Flask(__name__)
     dify = DifyClient(settings.dify_api_base, settings.timeout, settings.pool_size)
     registry = AppRegistry(dify, settings.dify_api_keys, settings.app_info_ttl)

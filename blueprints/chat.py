@@ -8,21 +8,26 @@ it as SSE chunks, or assemble one JSON body from the same items.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
+from itertools import chain
 from typing import Any
 
-from flask import Blueprint, Response, g, jsonify
+from flask import Blueprint, Response, g, jsonify, request
 
 from blueprints.edge import read_json
-from services.apps import CHAT_MODES
+from memory_modes import DifyTurn
+from memory_modes.base import continuation_query
+from services.apps import CHAT_MODES, DifyApp
 from services.auth import dify_user_for
-from services.errors import invalid_request
-from services.gateway import current_gateway
-from services.openai_request import parse_chat_request
-from services.relay import ChatRelay
-from services.translate import ERROR, ChatCompletionBuilder, ChunkEncoder, new_completion_id, now
+from services.errors import OpenAIError, invalid_request
+from services.gateway import Gateway, current_gateway
+from services.openai_request import ChatRequest, parse_chat_request
+from services.relay import ChatRelay, Item
+from services.translate import ERROR, ChatCompletionBuilder, ChunkEncoder, DifyEventTranslator, new_completion_id, now
 
 bp = Blueprint("chat", __name__)
 
+CONVERSATION_HEADER = "X-Dify-Conversation-Id"
 _STREAM_HEADERS = {
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",  # nginx must not buffer the stream
@@ -42,7 +47,50 @@ def answer_chat(body: Any, model: str | None = None) -> Response:
         raise invalid_request(f"The model `{chat.model}` is a Dify {app.mode} app, which chat completions "
                               "cannot serve yet.", param="model", code="unsupported_app_mode")
     dify_user = dify_user_for(chat.user, g.client_key)
-    turn = gateway.memory.prepare(chat.messages)
+    explicit_id = _requested_conversation_id(body)
+    if explicit_id:
+        turn = DifyTurn(query=continuation_query(chat.messages), conversation_id=explicit_id)
+    else:
+        turn = gateway.memory.prepare(chat.messages)
+    turn, relay, prefetched = _start_relay(gateway, app, dify_user, chat, turn, recoverable=not explicit_id)
+    completion_id, created = new_completion_id(), now()
+    if not chat.stream:
+        return _assemble(relay, prefetched, completion_id, created, chat.model, turn)
+    encoder = ChunkEncoder(completion_id, created, chat.model, chat.include_usage)
+    headers = dict(_STREAM_HEADERS)
+    if conversation_id := relay.translator.conversation_id or turn.conversation_id:
+        headers[CONVERSATION_HEADER] = conversation_id
+    return Response(_stream(relay, encoder, prefetched), status=200, headers=headers,
+                    content_type="text/event-stream; charset=utf-8")
+
+
+def _requested_conversation_id(body: dict[str, Any]) -> str | None:
+    """An explicit Dify conversation id: the request header, else the body field."""
+    value = request.headers.get(CONVERSATION_HEADER) or body.get("conversation_id")
+    if value is not None and not isinstance(value, str):
+        raise invalid_request("'conversation_id' must be a string.", param="conversation_id", code="invalid_type")
+    return value.strip() if value and value.strip() else None
+
+
+def _start_relay(gateway: Gateway, app: DifyApp, dify_user: str, chat: ChatRequest, turn: DifyTurn,
+                 recoverable: bool) -> tuple[DifyTurn, ChatRelay, list[Item]]:
+    """Call Dify and wait (at most FIRST_EVENT_WAIT) for its first event or refusal."""
+    relay, prefetched = _relay(gateway, app, dify_user, turn)
+    if turn.conversation_id and _refused(prefetched, 404):
+        relay.close()
+        if not recoverable:
+            raise OpenAIError(404, f"Dify has no conversation `{turn.conversation_id}` for this app and user.",
+                              param="conversation_id", code="conversation_not_found")
+        # The conversation is gone (another app or user, deleted): start over with the history.
+        turn = gateway.memory.recover(chat.messages)
+        relay, prefetched = _relay(gateway, app, dify_user, turn)
+    if prefetched and prefetched[0][0] == ERROR:
+        relay.close()
+        raise prefetched[0][1]  # Dify failed before the first token: a real HTTP status
+    return turn, relay, prefetched
+
+
+def _relay(gateway: Gateway, app: DifyApp, dify_user: str, turn: DifyTurn) -> tuple[ChatRelay, list[Item]]:
     payload = {
         "query": turn.query,
         "inputs": {},
@@ -52,24 +100,22 @@ def answer_chat(body: Any, model: str | None = None) -> Response:
         "conversation_id": turn.conversation_id or "",
         "auto_generate_name": False,
     }
-    response = gateway.dify.open_stream(app.key, "/chat-messages", payload)
-    relay = ChatRelay(gateway.dify, app, dify_user, response, gateway.settings.keepalive_interval)
-    completion_id, created = new_completion_id(), now()
-    if not chat.stream:
-        return _assemble(relay, completion_id, created, chat.model)
+    translator = DifyEventTranslator(app.mode, partial(gateway.memory.reply_suffix, turn=turn))
+    relay = ChatRelay(gateway.dify, app, dify_user, partial(gateway.dify.open_stream, app.key, "/chat-messages",
+                                                           payload),
+                      gateway.settings.keepalive_interval, translator)
     try:
-        prefetched = relay.prefetch(gateway.settings.first_event_wait)
-        if prefetched and prefetched[0][0] == ERROR:
-            raise prefetched[0][1]  # Dify failed before the first token: a real HTTP status
+        return relay, relay.prefetch(gateway.settings.first_event_wait)
     except BaseException:
         relay.close()
         raise
-    encoder = ChunkEncoder(completion_id, created, chat.model, chat.include_usage)
-    return Response(_stream(relay, encoder, prefetched), status=200, headers=_STREAM_HEADERS,
-                    content_type="text/event-stream; charset=utf-8")
 
 
-def _stream(relay: ChatRelay, encoder: ChunkEncoder, prefetched: list[tuple[str, Any]]) -> Iterator[bytes]:
+def _refused(prefetched: list[Item], status: int) -> bool:
+    return bool(prefetched) and prefetched[0][0] == ERROR and prefetched[0][1].status == status
+
+
+def _stream(relay: ChatRelay, encoder: ChunkEncoder, prefetched: list[Item]) -> Iterator[bytes]:
     try:
         # The role chunk goes out at once: the response headers leave with the first write.
         yield encoder.role() + encoder.render(prefetched)
@@ -79,12 +125,16 @@ def _stream(relay: ChatRelay, encoder: ChunkEncoder, prefetched: list[tuple[str,
         relay.close()
 
 
-def _assemble(relay: ChatRelay, completion_id: str, created: int, model: str) -> Response:
+def _assemble(relay: ChatRelay, prefetched: list[Item], completion_id: str, created: int, model: str,
+              turn: DifyTurn) -> Response:
     builder = ChatCompletionBuilder()
     try:
-        for batch in relay.batches():
+        for batch in chain([prefetched], relay.batches()):
             for kind, value in batch:
                 builder.add(kind, value)
     finally:
         relay.close()
-    return jsonify(builder.body(completion_id, created, model))
+    response = jsonify(builder.body(completion_id, created, model))
+    if conversation_id := relay.translator.conversation_id or turn.conversation_id:
+        response.headers[CONVERSATION_HEADER] = conversation_id
+    return response

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from memory_modes.base import DifyTurn, MemoryMode
+from memory_modes.history import HistoryMode
 from memory_modes.stateless import StatelessMode
+from memory_modes.zero_width import ZeroWidthMode
 
 __all__ = ["DifyTurn", "MemoryMode", "memory_mode"]
 
+_MODES = {mode.number: mode for mode in (StatelessMode, HistoryMode, ZeroWidthMode)}
+
 
 def memory_mode(number: int) -> MemoryMode:
-    # Modes 1 and 2 arrive with the conversation-memory work; until then every mode is
-    # served statelessly.
-    return StatelessMode()
+    return _MODES[number]()

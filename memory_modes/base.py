@@ -1,8 +1,8 @@
-"""The interface every conversation-memory mode implements.
+"""The interface every conversation-memory mode implements, and the text forms they share.
 
 A mode turns the OpenAI `messages` (the whole history, as clients send it) into what one
 Dify call needs: the `query` text and the Dify `conversation_id` to continue (None starts a
-new conversation).
+new conversation), and decides what the reply carries back (`reply_suffix`).
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from typing import Any, Protocol
 
 from services.errors import invalid_request
 from services.openai_request import INSTRUCTION_ROLES, content_text
+
+Messages = list[dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -23,10 +25,17 @@ class DifyTurn:
 class MemoryMode(Protocol):
     number: int
 
-    def prepare(self, messages: list[dict[str, Any]]) -> DifyTurn: ...
+    def prepare(self, messages: Messages) -> DifyTurn:
+        """The Dify turn for this request."""
+
+    def recover(self, messages: Messages) -> DifyTurn:
+        """The turn to send instead when Dify no longer knows the conversation (404)."""
+
+    def reply_suffix(self, conversation_id: str | None, turn: DifyTurn) -> str:
+        """Text appended at the end of the reply (mode 2's invisible conversation id)."""
 
 
-def system_prompt(messages: list[dict[str, Any]]) -> str:
+def system_prompt(messages: Messages) -> str:
     """All system and developer instructions, in order, separated by blank lines."""
     return "\n\n".join(
         text for message in messages if message["role"] in INSTRUCTION_ROLES
@@ -34,11 +43,77 @@ def system_prompt(messages: list[dict[str, Any]]) -> str:
     )
 
 
-def latest_user_text(messages: list[dict[str, Any]]) -> str:
-    for message in reversed(messages):
-        if message["role"] == "user":
-            text = content_text(message.get("content")).strip()
-            if text:
-                return text
-            break
-    raise invalid_request("The last user message must contain text.", param="messages", code="invalid_value")
+def last_user_index(messages: Messages) -> int:
+    for index in range(len(messages) - 1, -1, -1):
+        if messages[index]["role"] == "user":
+            return index
+    raise invalid_request("'messages' must contain a user message.", param="messages", code="invalid_value")
+
+
+def latest_user_text(messages: Messages) -> str:
+    text = content_text(messages[last_user_index(messages)].get("content")).strip()
+    if not text:
+        raise invalid_request("The last user message must contain text.", param="messages", code="invalid_value")
+    return text
+
+
+def stateless_query(messages: Messages) -> str:
+    """System prompt(s), a blank line, then the latest user turn (mode 0)."""
+    instructions = system_prompt(messages)
+    question = latest_user_text(messages)
+    return f"{instructions}\n\n{question}" if instructions else question
+
+
+def _tool_calls_text(message: dict[str, Any]) -> str:
+    calls = []
+    for call in message.get("tool_calls") or []:
+        function = call.get("function") or {}
+        calls.append(f"{function.get('name')}({function.get('arguments') or '{}'}) [id {call.get('id')}]")
+    legacy = message.get("function_call")
+    if isinstance(legacy, dict):
+        calls.append(f"{legacy.get('name')}({legacy.get('arguments') or '{}'})")
+    return "\n".join(calls)
+
+
+def _turn_block(message: dict[str, Any]) -> str:
+    role = message["role"]
+    text = content_text(message.get("content")).strip()
+    if role == "user":
+        return f"User:\n{text}"
+    if role == "assistant":
+        blocks = [f"Assistant:\n{text}"] if text else []
+        if calls := _tool_calls_text(message):
+            blocks.append(f"Assistant called tools:\n{calls}")
+        return "\n\n".join(blocks)
+    if role == "tool":
+        return f"Tool result [id {message.get('tool_call_id')}]:\n{text}"
+    if role == "function":
+        return f"Function result ({message.get('name')}):\n{text}"
+    return ""  # system and developer turns are gathered at the top
+
+
+def fold_history(messages: Messages, *, with_system: bool = True) -> str:
+    """The whole conversation as one readable query (mode 1; the README shows an example).
+
+    The system prompt comes first, then each earlier turn under its role label, then the
+    latest user message under "Current question:", then anything after it (tool calls and
+    tool results of the current turn).
+    """
+    current = last_user_index(messages)
+    blocks = []
+    if with_system and (instructions := system_prompt(messages)):
+        blocks.append(f"System:\n{instructions}")
+    blocks += [block for message in messages[:current] if (block := _turn_block(message))]
+    blocks.append(f"Current question:\n{latest_user_text(messages)}")
+    blocks += [block for message in messages[current + 1:] if (block := _turn_block(message))]
+    return "\n\n".join(blocks)
+
+
+def continuation_query(messages: Messages) -> str:
+    """The turns after the newest assistant message, for a Dify conversation that already
+    holds everything before it: the user's text alone when that is all there is."""
+    newest_assistant = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=-1)
+    later = messages[newest_assistant + 1:]
+    if sum(1 for message in later if message["role"] not in INSTRUCTION_ROLES) <= 1:
+        return latest_user_text(messages)
+    return fold_history(later, with_system=False)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from memory_modes.base import DifyTurn, latest_user_text, system_prompt
+from memory_modes.base import DifyTurn, Messages, stateless_query
 
 
 class StatelessMode:
     number = 0
 
-    def prepare(self, messages: list[dict[str, Any]]) -> DifyTurn:
-        instructions = system_prompt(messages)
-        question = latest_user_text(messages)
-        return DifyTurn(query=f"{instructions}\n\n{question}" if instructions else question)
+    def prepare(self, messages: Messages) -> DifyTurn:
+        return DifyTurn(query=stateless_query(messages))
+
+    def recover(self, messages: Messages) -> DifyTurn:
+        return self.prepare(messages)
+
+    def reply_suffix(self, conversation_id: str | None, turn: DifyTurn) -> str:
+        return ""

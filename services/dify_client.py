@@ -30,7 +30,7 @@ class DifyClient:
         self.session = requests.Session()
         # Retry only connection failures: nothing reached Dify yet, so a retry cannot run
         # an app twice. Reads and statuses are never retried.
-        retry = Retry(total=2, connect=2, read=0, status=0, other=0, redirect=0, backoff_factor=0.1,
+        retry = Retry(total=2, connect=2, read=False, status=0, other=0, redirect=0, backoff_factor=0.1,
                       allowed_methods=None, raise_on_status=False)
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=retry)
         self.session.mount("http://", adapter)

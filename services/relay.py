@@ -12,7 +12,7 @@ connection is dropped and Dify's stop endpoint is called for the task, with the 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import gevent
@@ -28,14 +28,14 @@ Item = tuple[str, Any]
 
 
 class ChatRelay:
-    def __init__(self, client: DifyClient, app: DifyApp, dify_user: str, response: requests.Response,
-                 keepalive_interval: float) -> None:
+    def __init__(self, client: DifyClient, app: DifyApp, dify_user: str, open_response: Callable[[], requests.Response],
+                 keepalive_interval: float, translator: DifyEventTranslator) -> None:
         self._client = client
         self._app = app
         self._dify_user = dify_user
-        self._upstream = UpstreamStream(response)
+        self._upstream = UpstreamStream(open_response)
         self._keepalive = keepalive_interval
-        self.translator = DifyEventTranslator(app.mode)
+        self.translator = translator
         self._done = False
 
     def _next_batch(self, timeout: float) -> list[Item]:
@@ -63,7 +63,8 @@ class ChatRelay:
         """Items up to the first one that is not a keep-alive, waiting at most `wait` s.
 
         A stream request is committed to HTTP 200 only after this, so a Dify failure before
-        the first token can still be answered with a real HTTP status.
+        the first token (its refusal of the call included) can still be answered with a real
+        HTTP status.
         """
         deadline = time.monotonic() + wait
         items: list[Item] = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from services.errors import OpenAIError, from_dify_error, server_error
@@ -44,8 +45,10 @@ def usage_from_dify(usage: Any) -> dict[str, int] | None:
 class DifyEventTranslator:
     """State of one chat-family Dify stream (chat, agent-chat, advanced-chat, agent)."""
 
-    def __init__(self, app_mode: str) -> None:
+    def __init__(self, app_mode: str, end_text: Callable[[str | None], str] | None = None) -> None:
+        """`end_text(conversation_id)` is appended to the answer when it ends normally."""
         self.app_mode = app_mode
+        self._end_text = end_text
         self.task_id: str | None = None
         self.conversation_id: str | None = None
         self.usage: dict[str, int] | None = None
@@ -100,7 +103,9 @@ class DifyEventTranslator:
         if self.finished:
             return []
         self.finished = True
-        return [(END, (finish_reason, self.usage))]
+        suffix = self._end_text(self.conversation_id) if self._end_text else ""
+        end = (END, (finish_reason, self.usage))
+        return [(TEXT, suffix), end] if suffix else [end]
 
     def feed_eof(self) -> list[tuple[str, Any]]:
         """The body ended: fine after a terminal event, an error item otherwise."""

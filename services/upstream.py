@@ -1,14 +1,16 @@
-"""A Dify event stream read by a background greenlet.
+"""A Dify event stream opened and read by a background greenlet.
 
 The request greenlet must be able to wait for Dify *with a time limit*: to bound the wait
 for the first event before committing to HTTP 200, to send `: ping` while Dify is silent,
-and to pace text. A blocking socket read cannot be interrupted safely, so one greenlet per
-stream does the reading and hands whole network reads over a small queue; the queue's bound
-pushes back on Dify when the client reads slowly.
+and to pace text. Dify sends its response headers only with its first event, and a blocking
+socket read cannot be interrupted safely, so one greenlet per stream makes the request and
+does the reading, and hands whole network reads (or the failure) over a small queue; the
+queue's bound pushes back on Dify when the client reads slowly.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -28,14 +30,21 @@ _DRAIN_SECONDS = 2.0
 
 
 class UpstreamStream:
-    def __init__(self, response: requests.Response) -> None:
-        self._response = response
+    def __init__(self, open_response: Callable[[], requests.Response]) -> None:
+        """`open_response` makes the Dify call; it raises OpenAIError when Dify refuses it."""
+        self._open_response = open_response
+        self._response: requests.Response | None = None
         self._decoder = SSEDecoder()
         self._queue: Queue = Queue(_QUEUE_SIZE)
         self._ended = False
         self._reader = gevent.spawn(self._read)
 
     def _read(self) -> None:
+        try:
+            self._response = self._open_response()
+        except OpenAIError as exc:
+            self._queue.put(exc)
+            return
         try:
             for data in iter_body(self._response):
                 if data:
@@ -82,17 +91,27 @@ class UpstreamStream:
         the pool; otherwise (client gone, error) the connection is dropped at once.
         """
         if self._reader.dead:
-            self._response.close()
+            self._close_response()
         elif finished:
             gevent.spawn(self._drain_then_close)
         else:
-            self._reader.kill(block=False)
+            self._stop_reader()
+
+    def _close_response(self) -> None:
+        if self._response is not None:
             self._response.close()
 
     def _drain_then_close(self) -> None:
-        if not self._wait_for_end(_DRAIN_SECONDS):
-            self._reader.kill(block=False)
-        self._response.close()
+        if self._wait_for_end(_DRAIN_SECONDS):
+            self._close_response()
+        else:
+            self._stop_reader()
+
+    def _stop_reader(self) -> None:
+        # The reader must leave its blocking read before the response is closed: closing a
+        # buffered reader that another greenlet is inside raises "reentrant call".
+        self._reader.kill(block=True, timeout=1)
+        self._close_response()
 
     def _wait_for_end(self, seconds: float) -> bool:
         """Discard queued data until the body ends; False if it does not end in time."""

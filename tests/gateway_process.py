@@ -29,7 +29,9 @@ class GatewayProcess:
         self.port = free_port()
         self.root_url = f"http://127.0.0.1:{self.port}"
         self.base_url = self.root_url + "/v1"
-        self.log = tempfile.NamedTemporaryFile(prefix="opendify-gateway-", suffix=".log", delete=False)
+        handle, log_path = tempfile.mkstemp(prefix="opendify-gateway-", suffix=".log")
+        os.close(handle)
+        self.log_path = Path(log_path)
         full_env = {
             **os.environ,
             "OPENDIFY_ENV_FILE": os.devnull,  # a developer's .env must not change the tests
@@ -40,9 +42,10 @@ class GatewayProcess:
             "GRACEFUL_TIMEOUT": "5",
             **env,
         }
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--config", str(ROOT / "gunicorn.conf.py"), "openai_to_dify:app"],
-            cwd=ROOT, env=full_env, stdout=self.log, stderr=subprocess.STDOUT)
+        with self.log_path.open("wb") as log:  # the child keeps its own copy of the descriptor
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", "--config", str(ROOT / "gunicorn.conf.py"), "openai_to_dify:app"],
+                cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
         self.pid = self.process.pid
         self._wait_ready(ready_path, timeout)
 
@@ -61,7 +64,7 @@ class GatewayProcess:
         raise RuntimeError(f"the gateway was not ready within {timeout} s:\n{self.output()}")
 
     def output(self) -> str:
-        return Path(self.log.name).read_text(errors="replace")
+        return self.log_path.read_text(errors="replace")
 
     def worker_pids(self) -> list[int]:
         children = Path(f"/proc/{self.pid}/task/{self.pid}/children")
@@ -78,7 +81,6 @@ class GatewayProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
-        self.log.close()
 
     def __enter__(self) -> GatewayProcess:
         return self

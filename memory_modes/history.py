@@ -1,0 +1,19 @@
+"""Mode 1 (history_message): every request is a new Dify conversation whose query holds the
+whole history, folded into one readable text (see `fold_history`)."""
+
+from __future__ import annotations
+
+from memory_modes.base import DifyTurn, Messages, fold_history
+
+
+class HistoryMode:
+    number = 1
+
+    def prepare(self, messages: Messages) -> DifyTurn:
+        return DifyTurn(query=fold_history(messages))
+
+    def recover(self, messages: Messages) -> DifyTurn:
+        return self.prepare(messages)
+
+    def reply_suffix(self, conversation_id: str | None, turn: DifyTurn) -> str:
+        return ""

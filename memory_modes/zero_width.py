@@ -1,0 +1,106 @@
+"""Mode 2 (zero-width): the Dify conversation id travels invisibly inside the chat history.
+
+The id of a new Dify conversation is appended once, at the end of the first assistant
+reply, as zero-width characters. Clients send the whole history back on every request, so
+the id is found again in the newest assistant message that carries one; Dify then continues
+that conversation and gets only the turns after that message.
+
+The encoding is bit-compatible with the original OpenDify: base64 of the id; each base64
+character's 6-bit value v becomes the octal digits (v >> 3) & 7 and v & 7 (the padding `=`,
+value 64, contributes only its first digit, 0); digit d is written as DIGITS[d].
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+
+from memory_modes.base import DifyTurn, Messages, continuation_query, fold_history, stateless_query
+from services.openai_request import content_text
+
+DIGITS = "\u200b\u200c\u200d\ufeff\u2060\u180e\u2061\u2062"
+_DIGIT_VALUE = {char: value for value, char in enumerate(DIGITS)}
+_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_B64_VALUE = {char: value for value, char in enumerate(_ALPHABET)}
+# Digits in an encoding, modulo 8, by the number of `=` pads: 4k characters of which p are
+# padding give 2 * (4k - p) + p digits.
+_PADDING_BY_LENGTH = {0: 0, 7: 1, 6: 2}
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
+
+
+def encode_id(conversation_id: str) -> str:
+    digits = []
+    for char in base64.b64encode(conversation_id.encode()).decode():
+        if char == "=":
+            digits.append(DIGITS[0])
+        else:
+            value = _B64_VALUE[char]
+            digits.append(DIGITS[(value >> 3) & 7])
+            digits.append(DIGITS[value & 7])
+    return "".join(digits)
+
+
+def _decode_digits(digits: str) -> str | None:
+    padding = _PADDING_BY_LENGTH.get(len(digits) % 8)
+    if padding is None:
+        return None
+    paired = len(digits) - padding
+    chars = [_ALPHABET[_DIGIT_VALUE[digits[i]] * 8 + _DIGIT_VALUE[digits[i + 1]]] for i in range(0, paired, 2)]
+    try:
+        decoded = base64.b64decode("".join(chars) + "=" * padding, validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return decoded if decoded.isprintable() and decoded else None
+
+
+def decode_id(text: str) -> str | None:
+    """The id encoded in the trailing run of zero-width digits of `text` (trailing white
+    space allowed), or None. A run may start with zero-width characters that belong to the
+    text itself, so shorter suffixes of the run are tried too."""
+    text = text.rstrip()
+    start = len(text)
+    while start > 0 and text[start - 1] in _DIGIT_VALUE:
+        start -= 1
+    run = text[start:]
+    candidates = [decoded for offset in range(len(run) - 5) if (decoded := _decode_digits(run[offset:]))]
+    # Dify's ids are UUIDs: prefer a reading that is one.
+    return next((candidate for candidate in candidates if _UUID.fullmatch(candidate)), None) or (
+        candidates[0] if candidates else None)
+
+
+def find_conversation(messages: Messages) -> tuple[str, int] | None:
+    """(conversation id, index of the assistant message carrying it), newest first.
+
+    Only the first reply of a conversation carries the id, so the newest assistant
+    message that has one is usually not the newest assistant message.
+    """
+    for index in range(len(messages) - 1, -1, -1):
+        message = messages[index]
+        if message["role"] == "assistant":
+            conversation_id = decode_id(content_text(message.get("content")))
+            if conversation_id:
+                return conversation_id, index
+    return None
+
+
+class ZeroWidthMode:
+    number = 2
+
+    def prepare(self, messages: Messages) -> DifyTurn:
+        found = find_conversation(messages)
+        if found is not None:
+            # Dify holds every turn up to the newest assistant reply: send what came after.
+            return DifyTurn(query=continuation_query(messages), conversation_id=found[0])
+        if any(message["role"] == "assistant" for message in messages):
+            return self.recover(messages)  # a history without an id (started elsewhere)
+        return DifyTurn(query=stateless_query(messages))
+
+    def recover(self, messages: Messages) -> DifyTurn:
+        """A new Dify conversation that starts with the whole history folded in."""
+        return DifyTurn(query=fold_history(messages))
+
+    def reply_suffix(self, conversation_id: str | None, turn: DifyTurn) -> str:
+        if conversation_id and turn.conversation_id is None:
+            return encode_id(conversation_id)
+        return ""

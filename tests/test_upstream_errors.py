@@ -1,0 +1,135 @@
+"""Dify failures as the client sees them, and what the gateway does when a client leaves."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import openai
+import pytest
+import requests
+
+from tests.conftest import CLIENT_KEY
+from tests.gateway_process import free_port
+from tests.scenarios import user_message
+from tests.test_http_surface import assert_openai_error, chat_body, read_sse
+
+
+@pytest.mark.parametrize(("dify_error", "status", "code"), [
+    ("too_many_requests", 429, "rate_limit_exceeded"),
+    ("rate_limit_error", 429, "rate_limit_exceeded"),
+    ("completion_request_error", 400, "completion_request_error"),
+    ("provider_quota_exceeded", 429, "insufficient_quota"),
+    ("internal_server_error", 502, "internal_server_error"),
+    ("plugin_runtime_error", 502, "plugin_runtime_error"),
+    ("unauthorized", 502, "upstream_auth_failed"),
+    ("html_502", 502, "upstream_error"),
+    ("html_429", 429, "rate_limit_exceeded"),
+    ("html_404", 502, "upstream_misconfigured"),
+])
+@pytest.mark.parametrize("stream", [True, False])
+def test_dify_http_errors_before_the_stream(http, dify_error, status, code, stream):
+    response = http("POST", "/v1/chat/completions", json=chat_body("x", stream=stream, http_error=dify_error))
+    assert_openai_error(response, status, code)
+    if code == "rate_limit_exceeded":
+        assert int(response.headers["Retry-After"]) >= 1
+    if code in ("insufficient_quota", "upstream_auth_failed", "upstream_misconfigured"):
+        assert response.headers["x-should-retry"] == "false"  # retrying cannot help
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_error_event_before_the_first_token_is_a_real_http_status(http, stream):
+    response = http("POST", "/v1/chat/completions", json=chat_body("x", stream=stream, error_after=0))
+    error = assert_openai_error(response, 400, "completion_request_error")
+    assert "emulated model failure" in error["message"]
+
+
+def test_error_after_tokens_keeps_the_text_and_ends_with_an_error_event(http):
+    response = http("POST", "/v1/chat/completions", stream=True,
+                    json=chat_body("one two three four", error_after=2))
+    assert response.status_code == 200
+    lines = read_sse(response)
+    assert lines[-1] == "data: [DONE]"
+    error = json.loads(lines[-2][6:])["error"]
+    assert error["code"] == "completion_request_error" and error["type"] == "invalid_request_error"
+    text = "".join(json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+                   for line in lines[:-2] if line.startswith("data: {"))
+    assert text == "You said: "
+
+
+def test_openai_sdk_raises_on_an_in_stream_error(client):
+    stream = client.chat.completions.create(model="demo-chat", stream=True,
+                                            messages=user_message("a b c d", error_after=3))
+    received = []
+    with pytest.raises(openai.APIError) as caught:
+        for chunk in stream:
+            received.append(chunk.choices[0].delta.content or "")
+    assert "".join(received) == "You said: a " and "emulated model failure" in caught.value.message
+
+
+def test_stream_closed_without_message_end_is_an_error_event(http):
+    lines = read_sse(http("POST", "/v1/chat/completions", stream=True, json=chat_body("a b c", close_after=2)))
+    assert json.loads(lines[-2][6:])["error"]["code"] == "upstream_incomplete" and lines[-1] == "data: [DONE]"
+
+
+def test_non_streaming_error_after_tokens_is_an_http_error(http):
+    assert_openai_error(http("POST", "/v1/chat/completions", json=chat_body("a b c", stream=False,
+                                                                           error_after=2)), 400)
+
+
+def test_dify_unreachable_is_503(start_gateway):
+    gateway = start_gateway(ready_path="/healthz", DIFY_API_BASE=f"http://127.0.0.1:{free_port()}/v1")
+    response = requests.post(gateway.base_url + "/chat/completions", json=chat_body(), timeout=30,
+                             headers={"Authorization": f"Bearer {CLIENT_KEY}"})
+    assert_openai_error(response, 503, "upstream_unavailable")
+
+
+def test_dify_read_timeout_is_504(start_gateway):
+    gateway = start_gateway(TIMEOUT="1")
+    response = requests.post(gateway.base_url + "/chat/completions", timeout=30,
+                             headers={"Authorization": f"Bearer {CLIENT_KEY}"},
+                             json=chat_body("slow", stream=False, first_delay_ms=3000))
+    assert_openai_error(response, 504, "upstream_timeout")
+
+
+def test_stall_mid_stream_ends_with_a_timeout_error_event(start_gateway):
+    gateway = start_gateway(TIMEOUT="1")
+    response = requests.post(gateway.base_url + "/chat/completions", timeout=30, stream=True,
+                             headers={"Authorization": f"Bearer {CLIENT_KEY}"},
+                             json=chat_body("a b c", stall_after=2, stall_s=5))
+    lines = read_sse(response)
+    assert json.loads(lines[-2][6:])["error"]["code"] == "upstream_timeout" and lines[-1] == "data: [DONE]"
+
+
+def wait_for(condition, seconds: float = 10.0):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def test_client_disconnect_closes_upstream_and_calls_dify_stop(gateway, recorded):
+    body = json.dumps(chat_body("leave", never_end=True, ping_interval_s=0.2)).encode()
+    sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + CLIENT_KEY.encode()
+                 + b"\r\nContent-Type: application/json\r\nContent-Length: " + str(len(body)).encode()
+                 + b"\r\n\r\n" + body)
+    before = set(recorded.streams()["active_tasks"])
+    assert b"200 OK" in sock.recv(65536)
+    [task_id] = wait_for(lambda: set(recorded.streams()["active_tasks"]) - before)
+    sock.close()
+    [stop] = wait_for(lambda: [stop for stop in recorded.stops() if stop["task_id"] == task_id])
+    assert stop["path"] == f"/v1/chat-messages/{task_id}/stop"
+    [call] = [record for record in recorded.requests() if record["path"] == "/v1/chat-messages"]
+    assert stop["user"] == call["json"]["user"] and stop["app_key"] == "app-demo-chat"
+    wait_for(lambda: task_id not in recorded.streams()["active_tasks"])
+
+
+def test_finished_streams_call_no_stop(client, recorded):
+    list(client.chat.completions.create(model="demo-chat", messages=user_message("done"), stream=True))
+    time.sleep(0.3)
+    assert recorded.stops() == []
