@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parent
 # Dify apps of the bundled emulator that the demo serves as models.
-DEMO_APP_KEYS = "app-demo-chat,app-demo-agent,app-demo-chatflow"
+DEMO_APP_KEYS = "app-demo-chat,app-demo-agent,app-demo-chatflow,app-demo-completion,app-demo-workflow"
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -49,7 +49,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     dify = DifyClient(settings.dify_api_base, settings.timeout, settings.pool_size)
     registry = AppRegistry(dify, settings.dify_api_keys, settings.app_info_ttl)
-    app.extensions["opendify"] = Gateway(settings, dify, registry, memory_mode(settings.conversation_memory_mode))
+    mode = settings.conversation_memory_mode
+    app.extensions["opendify"] = Gateway(settings, dify, registry, memory_mode(mode),
+                                         memory_mode(mode, conversations=False))
     edge.install(app, settings)
     # The OpenAI surface answers with and without the /v1 prefix, and under /v1/v1 (what
     # NextChat calls when its base URL already ends in /v1).

@@ -15,10 +15,11 @@ from typing import Any
 from flask import Blueprint, Response, g, jsonify, request
 
 from blueprints.edge import read_json
-from memory_modes import DifyTurn
+from memory_modes import DifyTurn, MemoryMode
 from memory_modes.base import continuation_query
-from services.apps import CHAT_MODES, DifyApp
+from services.apps import DifyApp
 from services.auth import dify_user_for
+from services.dify_calls import dify_payload, dify_route
 from services.errors import OpenAIError, invalid_request
 from services.gateway import Gateway, current_gateway
 from services.openai_request import ChatRequest, parse_chat_request
@@ -43,16 +44,15 @@ def answer_chat(body: Any, model: str | None = None) -> Response:
     gateway = current_gateway()
     chat = parse_chat_request(body, model)
     app = gateway.registry.resolve(chat.model)
-    if app.mode not in CHAT_MODES:
-        raise invalid_request(f"The model `{chat.model}` is a Dify {app.mode} app, which chat completions "
-                              "cannot serve yet.", param="model", code="unsupported_app_mode")
     dify_user = dify_user_for(chat.user, g.client_key)
-    explicit_id = _requested_conversation_id(body)
+    memory = gateway.memory if app.has_conversations else gateway.memory_without_conversations
+    explicit_id = _requested_conversation_id(body) if app.has_conversations else None
     if explicit_id:
         turn = DifyTurn(query=continuation_query(chat.messages), conversation_id=explicit_id)
     else:
-        turn = gateway.memory.prepare(chat.messages)
-    turn, relay, prefetched = _start_relay(gateway, app, dify_user, chat, turn, recoverable=not explicit_id)
+        turn = memory.prepare(chat.messages)
+    turn, relay, prefetched = _start_relay(gateway, memory, app, dify_user, chat, turn,
+                                           recoverable=not explicit_id)
     completion_id, created = new_completion_id(), now()
     if not chat.stream:
         return _assemble(relay, prefetched, completion_id, created, chat.model, turn)
@@ -72,38 +72,31 @@ def _requested_conversation_id(body: dict[str, Any]) -> str | None:
     return value.strip() if value and value.strip() else None
 
 
-def _start_relay(gateway: Gateway, app: DifyApp, dify_user: str, chat: ChatRequest, turn: DifyTurn,
-                 recoverable: bool) -> tuple[DifyTurn, ChatRelay, list[Item]]:
+def _start_relay(gateway: Gateway, memory: MemoryMode, app: DifyApp, dify_user: str, chat: ChatRequest,
+                 turn: DifyTurn, recoverable: bool) -> tuple[DifyTurn, ChatRelay, list[Item]]:
     """Call Dify and wait (at most FIRST_EVENT_WAIT) for its first event or refusal."""
-    relay, prefetched = _relay(gateway, app, dify_user, turn)
+    relay, prefetched = _relay(gateway, memory, app, dify_user, chat, turn)
     if turn.conversation_id and _refused(prefetched, 404):
         relay.close()
         if not recoverable:
             raise OpenAIError(404, f"Dify has no conversation `{turn.conversation_id}` for this app and user.",
                               param="conversation_id", code="conversation_not_found")
         # The conversation is gone (another app or user, deleted): start over with the history.
-        turn = gateway.memory.recover(chat.messages)
-        relay, prefetched = _relay(gateway, app, dify_user, turn)
+        turn = memory.recover(chat.messages)
+        relay, prefetched = _relay(gateway, memory, app, dify_user, chat, turn)
     if prefetched and prefetched[0][0] == ERROR:
         relay.close()
         raise prefetched[0][1]  # Dify failed before the first token: a real HTTP status
     return turn, relay, prefetched
 
 
-def _relay(gateway: Gateway, app: DifyApp, dify_user: str, turn: DifyTurn) -> tuple[ChatRelay, list[Item]]:
-    payload = {
-        "query": turn.query,
-        "inputs": {},
-        # Always streaming: agent apps reject blocking, and one code path serves both renderings.
-        "response_mode": "streaming",
-        "user": dify_user,
-        "conversation_id": turn.conversation_id or "",
-        "auto_generate_name": False,
-    }
-    translator = DifyEventTranslator(app.mode, partial(gateway.memory.reply_suffix, turn=turn))
-    relay = ChatRelay(gateway.dify, app, dify_user, partial(gateway.dify.open_stream, app.key, "/chat-messages",
-                                                           payload),
-                      gateway.settings.keepalive_interval, translator)
+def _relay(gateway: Gateway, memory: MemoryMode, app: DifyApp, dify_user: str, chat: ChatRequest,
+           turn: DifyTurn) -> tuple[ChatRelay, list[Item]]:
+    payload = dify_payload(app, text=turn.query, conversation_id=turn.conversation_id, user=dify_user,
+                           inputs=chat.inputs)
+    translator = DifyEventTranslator(app.mode, partial(memory.reply_suffix, turn=turn))
+    open_stream = partial(gateway.dify.open_stream, app.key, dify_route(app), payload)
+    relay = ChatRelay(gateway.dify, app, dify_user, open_stream, gateway.settings.keepalive_interval, translator)
     try:
         return relay, relay.prefetch(gateway.settings.first_event_wait)
     except BaseException:

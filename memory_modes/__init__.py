@@ -12,5 +12,9 @@ __all__ = ["DifyTurn", "MemoryMode", "memory_mode"]
 _MODES = {mode.number: mode for mode in (StatelessMode, HistoryMode, ZeroWidthMode)}
 
 
-def memory_mode(number: int) -> MemoryMode:
+def memory_mode(number: int, *, conversations: bool = True) -> MemoryMode:
+    """The mode for CONVERSATION_MEMORY_MODE. Apps without conversations (completion,
+    workflow) cannot continue a Dify conversation, so they get mode 1 in place of mode 2."""
+    if number == ZeroWidthMode.number and not conversations:
+        number = HistoryMode.number
     return _MODES[number]()

@@ -7,6 +7,7 @@ new conversation), and decides what the reply carries back (`reply_suffix`).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -64,14 +65,22 @@ def stateless_query(messages: Messages) -> str:
     return f"{instructions}\n\n{question}" if instructions else question
 
 
+def _arguments_text(arguments: Any) -> str:
+    """Call arguments as JSON text. OpenAI sends a JSON string, but some clients send the
+    object itself, which must not reach the model as a Python repr."""
+    if not arguments:
+        return "{}"
+    return arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
+
+
 def _tool_calls_text(message: dict[str, Any]) -> str:
     calls = []
     for call in message.get("tool_calls") or []:
         function = call.get("function") or {}
-        calls.append(f"{function.get('name')}({function.get('arguments') or '{}'}) [id {call.get('id')}]")
+        calls.append(f"{function.get('name')}({_arguments_text(function.get('arguments'))}) [id {call.get('id')}]")
     legacy = message.get("function_call")
     if isinstance(legacy, dict):
-        calls.append(f"{legacy.get('name')}({legacy.get('arguments') or '{}'})")
+        calls.append(f"{legacy.get('name')}({_arguments_text(legacy.get('arguments'))})")
     return "\n".join(calls)
 
 
@@ -109,11 +118,23 @@ def fold_history(messages: Messages, *, with_system: bool = True) -> str:
     return "\n\n".join(blocks)
 
 
+def history_query(messages: Messages) -> str:
+    """The folded history when there is one; a first turn is sent as in mode 0."""
+    has_history = any(message["role"] not in INSTRUCTION_ROLES for message in messages[:last_user_index(messages)])
+    has_tool_turns = last_user_index(messages) < len(messages) - 1
+    return fold_history(messages) if has_history or has_tool_turns else stateless_query(messages)
+
+
 def continuation_query(messages: Messages) -> str:
     """The turns after the newest assistant message, for a Dify conversation that already
-    holds everything before it: the user's text alone when that is all there is."""
+    holds everything before it: the user's text alone when that is all there is, the tool
+    results alone when the client answers the assistant's tool calls (there is no new user
+    turn then, and the last one is already in the conversation)."""
     newest_assistant = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=-1)
     later = messages[newest_assistant + 1:]
-    if sum(1 for message in later if message["role"] not in INSTRUCTION_ROLES) <= 1:
+    turns = [message for message in later if message["role"] not in INSTRUCTION_ROLES]
+    if not turns or (len(turns) == 1 and turns[0]["role"] == "user"):
         return latest_user_text(messages)
+    if all(message["role"] != "user" for message in turns):
+        return "\n\n".join(_turn_block(message) for message in turns)
     return fold_history(later, with_system=False)

@@ -1,16 +1,17 @@
 """Mode 1 (history_message): every request is a new Dify conversation whose query holds the
-whole history, folded into one readable text (see `fold_history`)."""
+whole history, folded into one readable text (see `fold_history`); a first turn, with no
+history yet, is sent as in mode 0."""
 
 from __future__ import annotations
 
-from memory_modes.base import DifyTurn, Messages, fold_history
+from memory_modes.base import DifyTurn, Messages, history_query
 
 
 class HistoryMode:
     number = 1
 
     def prepare(self, messages: Messages) -> DifyTurn:
-        return DifyTurn(query=fold_history(messages))
+        return DifyTurn(query=history_query(messages))
 
     def recover(self, messages: Messages) -> DifyTurn:
         return self.prepare(messages)

@@ -21,11 +21,12 @@ from typing import Any
 import gevent
 
 from services.dify_client import DifyClient
-from services.errors import OpenAIError, model_not_found, server_error
+from services.errors import OpenAIError, invalid_request, model_not_found, server_error
 
 log = logging.getLogger(__name__)
 
 CHAT_MODES = {"chat", "agent-chat", "advanced-chat", "agent"}
+_TEXT_FIELDS = ("paragraph", "text-input")
 # Dify's stop route by app mode (dify-api.md 7).
 _STOP_ROUTES = {"completion": "/completion-messages/{}/stop", "workflow": "/workflows/tasks/{}/stop"}
 # After a failed lookup, wait this long before a request may trigger another one.
@@ -43,6 +44,48 @@ class DifyApp:
 
     def stop_path(self, task_id: str) -> str:
         return _STOP_ROUTES.get(self.mode, "/chat-messages/{}/stop").format(task_id)
+
+    @property
+    def has_conversations(self) -> bool:
+        return self.mode in CHAT_MODES
+
+    def input_form(self) -> list[tuple[str, dict[str, Any]]]:
+        """`/parameters` user_input_form as (field type, field config) pairs."""
+        form = []
+        for entry in self.parameters.get("user_input_form") or []:
+            if isinstance(entry, dict) and len(entry) == 1:
+                field_type, config = next(iter(entry.items()))
+                if isinstance(config, dict) and config.get("variable"):
+                    form.append((field_type, config))
+        return form
+
+    def text_variable(self) -> str:
+        """The input that receives the user's text in completion and workflow apps: `query`
+        when the form has it, else the first required text field, else the first text field."""
+        form = self.input_form()
+        names = [config["variable"] for _, config in form]
+        if "query" in names:
+            return "query"
+        text_fields = [config for field_type, config in form if field_type in _TEXT_FIELDS]
+        required = [config for config in text_fields if config.get("required")]
+        return (required or text_fields or [{"variable": "query"}])[0]["variable"]
+
+    def inputs_for(self, given: dict[str, Any], text: str | None) -> dict[str, Any]:
+        """Dify `inputs`: the form's defaults, overridden by the request's `inputs`, plus the
+        user's text in `text_variable()` (completion and workflow apps). Dify checks required
+        inputs on every call; missing ones are refused here, before Dify is called."""
+        inputs = {config["variable"]: config["default"] for _, config in self.input_form()
+                  if config.get("default") not in (None, "")}
+        inputs.update(given)
+        if text is not None and not self.has_conversations:
+            inputs.setdefault(self.text_variable(), text)
+        missing = [config["variable"] for _, config in self.input_form()
+                   if config.get("required") and inputs.get(config["variable"]) in (None, "")]
+        if missing:
+            raise invalid_request(f"The Dify app `{self.name}` requires the inputs: {', '.join(missing)}. "
+                                  "Pass them in the request body field `inputs`.", param="inputs",
+                                  code="missing_required_inputs")
+        return inputs
 
 
 def model_id_for(name: str) -> str:
@@ -87,6 +130,7 @@ class AppRegistry:
         try:
             info = self._client.get_json(key, "/info")
             parameters = self._client.get_json(key, "/parameters")
+            mode = str(info.get("mode") or "") or self._infer_mode(key)
         except OpenAIError as exc:
             log.warning("app lookup for key #%d failed: %s", self._keys.index(key) + 1, exc.message)
             return None
@@ -94,12 +138,26 @@ class AppRegistry:
         return DifyApp(
             key=key,
             name=str(info.get("name") or f"dify-app-{self._keys.index(key) + 1}"),
-            # Dify < 1.4 has no `mode` in /info; such apps are served as chat apps.
-            mode=str(info.get("mode") or "chat"),
+            mode=mode,
             description=str(info.get("description") or ""),
             parameters=parameters,
             created=previous.created if previous else int(time.time()),
         )
+
+    def _infer_mode(self, key: str) -> str:
+        """The mode of an app on Dify < 1.4, whose /info has none, from Dify's route checks.
+
+        Dify checks the app mode before the request body, so a body without `query` and
+        `inputs` is refused either for the mode (`not_chat_app`, `not_workflow_app`) or for
+        the missing fields, and nothing runs. Chat, agent and chatflow apps are not told
+        apart this way; all three are served through /chat-messages alike.
+        """
+        probe = {"user": "opendify-mode-probe"}
+        if self._client.refusal_code(key, "/chat-messages", probe) != "not_chat_app":
+            return "chat"
+        if self._client.refusal_code(key, "/workflows/run", probe) != "not_workflow_app":
+            return "workflow"
+        return "completion"
 
     def _index(self) -> dict[str, DifyApp]:
         index: dict[str, DifyApp] = {}

@@ -80,6 +80,16 @@ class DifyClient:
             raise server_error(f"Dify answered {path} with {kind} instead of an event stream", 502, "upstream_error")
         return response
 
+    def refusal_code(self, app_key: str, path: str, payload: dict[str, Any]) -> str | None:
+        """Dify's error code for a call that is expected to be refused (None if accepted)."""
+        try:
+            self._request("POST", app_key, path, payload=payload).close()
+        except OpenAIError as exc:
+            if exc.status >= 500 and exc.code in ("upstream_unavailable", "upstream_timeout"):
+                raise
+            return exc.code
+        return None
+
     def stop(self, app_key: str, path: str, user: str) -> None:
         """Ask Dify to stop a task; best effort (Dify answers success even for unknown tasks)."""
         try:

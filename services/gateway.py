@@ -17,7 +17,8 @@ class Gateway:
     settings: Settings
     dify: DifyClient
     registry: AppRegistry
-    memory: MemoryMode
+    memory: MemoryMode  # for chat-family apps
+    memory_without_conversations: MemoryMode  # for completion and workflow apps
 
 
 def current_gateway() -> Gateway:

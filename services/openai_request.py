@@ -23,6 +23,7 @@ class ChatRequest:
     stream: bool
     include_usage: bool
     user: str | None
+    inputs: dict[str, Any]  # Dify app inputs (e.g. openai SDK extra_body={"inputs": {...}})
 
 
 def _optional(body: dict[str, Any], name: str, kind: type | tuple[type, ...], label: str) -> Any:
@@ -50,12 +51,14 @@ def parse_chat_request(body: Any, model: str | None = None) -> ChatRequest:
     stream = bool(_optional(body, "stream", bool, "a boolean"))
     options = _optional(body, "stream_options", dict, "an object") or {}
     user = _optional(body, "user", str, "a string")
+    inputs = _optional(body, "inputs", dict, "an object of Dify app inputs") or {}
     return ChatRequest(
         model=model.strip(),
         messages=messages,
         stream=stream,
         include_usage=stream and options.get("include_usage") is True,
         user=user.strip() or None if user else None,
+        inputs=inputs,
     )
 
 

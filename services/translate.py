@@ -42,8 +42,22 @@ def usage_from_dify(usage: Any) -> dict[str, int] | None:
     return counts
 
 
+def outputs_text(outputs: Any) -> str:
+    """A workflow's answer from its End-node outputs: `answer`, `text` or `output`, else the
+    only string output, else all outputs as JSON."""
+    if not isinstance(outputs, dict) or not outputs:
+        return ""
+    for name in ("answer", "text", "output"):
+        if isinstance(outputs.get(name), str):
+            return outputs[name]
+    strings = [value for value in outputs.values() if isinstance(value, str)]
+    if len(strings) == 1:
+        return strings[0]
+    return json.dumps(outputs, ensure_ascii=False)
+
+
 class DifyEventTranslator:
-    """State of one chat-family Dify stream (chat, agent-chat, advanced-chat, agent)."""
+    """State of one Dify stream, for every app mode."""
 
     def __init__(self, app_mode: str, end_text: Callable[[str | None], str] | None = None) -> None:
         """`end_text(conversation_id)` is appended to the answer when it ends normally."""
@@ -54,6 +68,7 @@ class DifyEventTranslator:
         self.usage: dict[str, int] | None = None
         self.finished = False
         self._agent_text_seen = False
+        self._text_seen = False
         self._workflow_succeeded = False
 
     def feed(self, event: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -68,6 +83,10 @@ class DifyEventTranslator:
             return self._text(name, answer)
         if name == "ping":
             return [PING_ITEM]
+        if name == "text_chunk":  # workflow apps stream End-node text this way
+            return self._text(name, (event.get("data") or {}).get("text"))
+        if name == "text_replace":
+            return [(REPLACE, str((event.get("data") or {}).get("text") or ""))]
         if name == "message_end":
             self.usage = usage_from_dify((event.get("metadata") or {}).get("usage"))
             return self._end("stop")
@@ -85,7 +104,10 @@ class DifyEventTranslator:
             self._agent_text_seen = True
         elif name == "message" and self.app_mode == "agent" and self._agent_text_seen:
             return []  # New Agent repeats the whole answer in one closing `message`.
-        return [(TEXT, answer)] if answer else []
+        if not answer or not isinstance(answer, str):
+            return []
+        self._text_seen = True
+        return [(TEXT, answer)]
 
     def _workflow_finished(self, data: dict[str, Any]) -> list[tuple[str, Any]]:
         # Chatflow: >= 1.13.1 sends message_end before workflow_finished, <= 1.12 after it.
@@ -96,8 +118,14 @@ class DifyEventTranslator:
             return [(ERROR, server_error(f"Dify workflow failed: {reason}", 502, "workflow_failed"))]
         if status == "stopped":
             return self._end("stop")
-        self._workflow_succeeded = True
-        return []
+        if self.app_mode != "workflow":
+            self._workflow_succeeded = True  # chatflow: message_end carries the usage
+            return []
+        total = int(data.get("total_tokens") or 0)
+        self.usage = {"prompt_tokens": 0, "completion_tokens": total, "total_tokens": total}
+        # Text the End node streamed is the answer; otherwise it is in the outputs.
+        answer = "" if self._text_seen else outputs_text(data.get("outputs"))
+        return ([(TEXT, answer)] if answer else []) + self._end("stop")
 
     def _end(self, finish_reason: str) -> list[tuple[str, Any]]:
         if self.finished:

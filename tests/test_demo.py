@@ -40,7 +40,7 @@ def test_demo_mode_serves_the_bundled_emulator_and_stops_it(tmp_path):
             except openai.APIConnectionError:
                 assert time.monotonic() < deadline, "the demo gateway did not come up"
                 time.sleep(0.2)
-        assert models == ["demo-chat", "demo-agent", "demo-chatflow"]
+        assert models == ["demo-chat", "demo-agent", "demo-chatflow", "demo-completion", "demo-workflow"]
         reply = client.chat.completions.create(model="demo-chat", messages=[{"role": "user", "content": "Hello!"}])
         assert reply.choices[0].message.content.startswith("You said: Hello!")
     finally:
