@@ -125,7 +125,7 @@ class ThinkSplitter:
         if match is None:
             cut = self._open_prefix_start()
             head = self._pending[:cut]
-            if not self._started and head.isspace() or not head:
+            if not head or (not self._started and head.isspace()):
                 return False  # whitespace before a leading <think> is dropped: wait and see
             self._emit(out, TEXT, head)
             self._started = True
@@ -185,8 +185,12 @@ class _Thought:
 
     key: str
     tools: dict[str, int] = field(default_factory=dict)  # tool name -> call number, in order of appearance
+    called: set[str] = field(default_factory=set)  # tools whose call was emitted
     answered: set[str] = field(default_factory=set)  # tools whose observation was emitted
     thought: str = ""  # thought text already rendered
+
+    def call_id(self, name: str) -> str:
+        return f"call_{self.key}_{self.tools[name]}"
 
 
 def _text(value: Any) -> str:
@@ -222,7 +226,9 @@ def _keyed(parsed: Any, names: list[str]) -> bool:
 def _arguments(name: str, names: list[str], raw: str, parsed: Any) -> str:
     """The JSON arguments of one tool; raw text when tool_input is not keyed by tool name."""
     if _keyed(parsed, names):
-        args = parsed.get(name, {})
+        args = parsed.get(name)
+        if args is None or args == "":
+            return "{}"
         return args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
     return raw or "{}"
 
@@ -253,26 +259,15 @@ class AgentThoughts:
         self._line_open = False  # the last reasoning text did not end with a newline
 
     def feed(self, event: dict[str, Any]) -> list[tuple[str, object]]:
+        """What this agent_thought event adds to the earlier ones with the same id."""
         if self.mode == AGENT_HIDDEN:
             return []
         state = self._state(event)
         for name in _tool_names(event.get("tool")):
             state.tools.setdefault(name, len(state.tools))
-        names = list(state.tools)
-        if not names:
+        if not state.tools:
             return []  # no tool yet: the thought may still turn out to be the final answer
-        raw_input, tool_input = _parse(event.get("tool_input"))
-        raw_output, observation = _parse(event.get("observation"))
-        steps: list[tuple[str, str, str]] = []  # (kind, tool name, arguments or content)
-        announced = getattr(state, "_announced", None)
-        del announced
-        for name in names:
-            if name not in self._called(state):
-                steps.append((AGENT_TOOL_CALL, name, _arguments(name, names, raw_input, tool_input)))
-            content = None if name in state.answered else _result(name, names, raw_output, observation)
-            if content is not None:
-                state.answered.add(name)
-                steps.append((AGENT_TOOL_RESULT, name, content))
+        steps = self._new_steps(state, event)
         if self.mode == AGENT_TOOL_CALLS:
             return [self._tool_item(state, kind, name, value) for kind, name, value in steps]
         return self._reasoning(state, _text(event.get("thought")), steps)
@@ -283,3 +278,53 @@ class AgentThoughts:
         if key not in self._thoughts:
             self._thoughts[key] = _Thought(key)
         return self._thoughts[key]
+
+    @staticmethod
+    def _new_steps(state: _Thought, event: dict[str, Any]) -> list[tuple[str, str, str]]:
+        """(kind, tool name, arguments or content) not emitted yet; a call always before its result,
+        even when the observation arrives in the first upsert that names the tool."""
+        names = list(state.tools)
+        raw_input, tool_input = _parse(event.get("tool_input"))
+        raw_output, observation = _parse(event.get("observation"))
+        steps = []
+        for name in names:
+            if name not in state.called:
+                state.called.add(name)
+                steps.append((AGENT_TOOL_CALL, name, _arguments(name, names, raw_input, tool_input)))
+            content = None if name in state.answered else _result(name, names, raw_output, observation)
+            if content is not None:
+                state.answered.add(name)
+                steps.append((AGENT_TOOL_RESULT, name, content))
+        return steps
+
+    @staticmethod
+    def _tool_item(state: _Thought, kind: str, name: str, value: str) -> tuple[str, object]:
+        value_key = "arguments" if kind == AGENT_TOOL_CALL else "content"
+        return kind, {"id": state.call_id(name), "name": name, value_key: value}
+
+    def _reasoning(self, state: _Thought, thought: str, steps: list[tuple[str, str, str]]) -> list[tuple[str, object]]:
+        """Readable reasoning: new thought text, then one line per call and per result."""
+        parts: list[str] = []
+        if len(thought) > len(state.thought) and thought.startswith(state.thought):
+            # Only the continuation: a rewritten thought was already shown in an earlier form.
+            new_text = thought[len(state.thought):]
+            if not state.thought:
+                self._new_line(parts)
+            state.thought = thought
+            self._add(parts, new_text)
+        for kind, name, value in steps:
+            self._new_line(parts)
+            if kind == AGENT_TOOL_CALL:
+                self._add(parts, f"Calling tool {name} with {value}\n")
+            else:
+                self._add(parts, f"{name} returned: {value}\n")
+        text = "".join(parts)
+        return [(REASONING, text)] if text else []
+
+    def _new_line(self, parts: list[str]) -> None:
+        if self._line_open:
+            self._add(parts, "\n")
+
+    def _add(self, parts: list[str], text: str) -> None:
+        parts.append(text)
+        self._line_open = not text.endswith("\n")

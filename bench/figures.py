@@ -1,0 +1,269 @@
+"""The five measurements. Each returns a flat dict of figures (JSON-ready); none asserts anything.
+
+`Side` bundles what a measurement needs about one running process: the target to send
+traffic to and the pid whose CPU and memory are read (the gunicorn *worker*, not the master).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import gevent
+
+from bench import procstat
+from bench.load import Batch, HeldStreams, alternate, read_body, read_stream, run_batch
+from bench.targets import Target
+
+SHORT = {"tokens": 20}
+
+
+@dataclass
+class Side:
+    target: Target
+    pid: int
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (p99 of 300 values is the 297th smallest)."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)] if ordered else math.nan
+
+
+def _errors(batch: Batch) -> dict[str, Any]:
+    return {"errors": batch.errors, "error_samples": batch.error_samples}
+
+
+@dataclass
+class Metered:
+    """A batch of requests and the CPU each process spent while it ran."""
+
+    batch: Batch
+    cpu: dict[str, procstat.CpuMeter]  # by role: "gateway", "emulator"
+    client_seconds: float  # this process: the load client itself
+
+    def ms_per_request(self, role: str) -> float:
+        return self.cpu[role].seconds * 1000 / max(1, len(self.batch.values))
+
+    def client_ms_per_request(self) -> float:
+        return self.client_seconds * 1000 / max(1, len(self.batch.values))
+
+    @staticmethod
+    def combine(runs: list[Metered]) -> Metered:
+        """Several runs of the same traffic as one: times, CPU and results added up."""
+        batch = Batch(seconds=sum(run.batch.seconds for run in runs))
+        for run in runs:
+            batch.errors += run.batch.errors
+            batch.values += run.batch.values
+            batch.error_samples += run.batch.error_samples[:5 - len(batch.error_samples)]
+        cpu = {}
+        for role in runs[0].cpu:
+            cpu[role] = procstat.CpuMeter(runs[0].cpu[role].pid)
+            cpu[role].user = sum(run.cpu[role].user for run in runs)
+            cpu[role].system = sum(run.cpu[role].system for run in runs)
+        return Metered(batch, cpu, sum(run.client_seconds for run in runs))
+
+
+def metered(pids: dict[str, int], run: Callable[[], Batch]) -> Metered:
+    meters = {role: procstat.CpuMeter(pid).start() for role, pid in pids.items()}
+    client = procstat.own_cpu_seconds()
+    batch = run()
+    client = procstat.own_cpu_seconds() - client
+    for meter in meters.values():
+        meter.stop()
+    return Metered(batch, meters, client)
+
+
+def throughput(direct: Side, gateway: Side, requests: int, concurrency: int, rounds: int = 4) -> dict[str, Any]:
+    """1. Non-streaming requests/s through the gateway vs the equivalent direct streaming call.
+
+    The requests are split into `rounds` that alternate direct and gateway, so a change in
+    the machine's background load during the run affects both sides alike.
+    """
+    direct_raw = direct.target.request(SHORT, stream=True)
+    gateway_raw = gateway.target.request(SHORT, stream=False)
+    read_direct = read_stream(direct.target.content_marker)
+    read_gateway = read_body(b"w20 ")
+    warmup = max(concurrency * 4, 50)
+    run_batch(direct.target, direct_raw, warmup, concurrency, read_direct)
+    run_batch(gateway.target, gateway_raw, warmup, concurrency, read_gateway)
+
+    per_round = requests // rounds
+    plain_runs, relayed_runs = [], []
+    for _ in range(rounds):
+        plain_runs.append(metered({"emulator": direct.pid}, lambda: run_batch(
+            direct.target, direct_raw, per_round, concurrency, read_direct)))
+        relayed_runs.append(metered({"gateway": gateway.pid, "emulator": direct.pid}, lambda: run_batch(
+            gateway.target, gateway_raw, per_round, concurrency, read_gateway)))
+    plain, relayed = Metered.combine(plain_runs), Metered.combine(relayed_runs)
+    direct_rps = len(plain.batch.values) / plain.batch.seconds
+    gateway_rps = len(relayed.batch.values) / relayed.batch.seconds
+    return {
+        "requests": per_round * rounds,
+        "concurrency": concurrency,
+        "rounds": rounds,
+        "direct_rps": direct_rps,
+        "gateway_rps": gateway_rps,
+        "ratio": gateway_rps / direct_rps if direct_rps else math.nan,
+        "gateway_cpu_ms_per_request": relayed.ms_per_request("gateway"),
+        "gateway_cpu_system_share": relayed.cpu["gateway"].system_share,
+        "emulator_cpu_ms_per_request_direct": plain.ms_per_request("emulator"),
+        "emulator_cpu_ms_per_request_via_gateway": relayed.ms_per_request("emulator"),
+        "client_cpu_ms_per_request_direct": plain.client_ms_per_request(),
+        "client_cpu_ms_per_request_via_gateway": relayed.client_ms_per_request(),
+        "direct": _errors(plain.batch),
+        "gateway": _errors(relayed.batch),
+    }
+
+
+def first_byte(direct: Side, gateway: Side, requests: int) -> dict[str, Any]:
+    """2. Time to the first content event, sequential, direct and via the gateway in turn."""
+    targets = [direct.target, gateway.target]
+    raws = [target.request(SHORT, stream=True) for target in targets]
+
+    def reader(target: Target):
+        return read_stream(target.content_marker)
+
+    alternate(targets, raws, 20, reader)  # warm-up: connections, first-call caches
+    direct_batch, gateway_batch = alternate(targets, raws, requests, reader)
+    figures: dict[str, Any] = {"requests": requests}
+    for name, batch in (("direct", direct_batch), ("gateway", gateway_batch)):
+        ttfbs = [result.ttfb * 1000 for result in batch.values]
+        figures[f"{name}_p50_ms"] = percentile(ttfbs, 50)
+        figures[f"{name}_p99_ms"] = percentile(ttfbs, 99)
+        figures[name] = _errors(batch)
+    figures["added_p50_ms"] = figures["gateway_p50_ms"] - figures["direct_p50_ms"]
+    figures["added_p99_ms"] = figures["gateway_p99_ms"] - figures["direct_p99_ms"]
+    return figures
+
+
+def _stream_events(side: Side, directive: dict[str, Any], streams: int) -> tuple[Batch, procstat.CpuMeter]:
+    """`streams` concurrent streams, and the CPU the side's process spent on them."""
+    raw = side.target.request(directive, stream=True)
+    run = metered({"side": side.pid},
+                  lambda: run_batch(side.target, raw, streams, streams, read_stream(side.target.content_marker)))
+    return run.batch, run.cpu["side"]
+
+
+def relay_cost(direct: Side, gateway: Side, tokens: int, streams: int, paced_streams: int,
+               paced_tokens: int, paced_delay_ms: float) -> dict[str, Any]:
+    """3. Gateway CPU per relayed content event, and events/s.
+
+    "burst": a few long streams sent as fast as the emulator can, so events reach the
+    gateway many per network read. "paced": many concurrent streams with a pause between
+    events, so most events arrive alone and pay the full per-write cost.
+    """
+    burst = {"tokens": tokens}
+    direct_batch, _ = _stream_events(direct, burst, streams)
+    gateway_batch, gateway_cpu = _stream_events(gateway, burst, streams)
+    paced = {"tokens": paced_tokens, "delay_ms": paced_delay_ms}
+    paced_batch, paced_cpu = _stream_events(gateway, paced, paced_streams)
+
+    def events(batch: Batch) -> int:
+        return sum(result.events for result in batch.values)
+
+    expected = tokens * streams
+    return {
+        "streams": streams,
+        "tokens_per_stream": tokens,
+        "direct_events_per_s": events(direct_batch) / direct_batch.seconds,
+        "gateway_events_per_s": events(gateway_batch) / gateway_batch.seconds,
+        "gateway_cpu_us_per_event": gateway_cpu.seconds * 1e6 / max(1, events(gateway_batch)),
+        "gateway_cpu_system_share": gateway_cpu.system_share,
+        "gateway_events_missing": expected - events(gateway_batch),
+        "paced_streams": paced_streams,
+        "paced_tokens_per_stream": paced_tokens,
+        "paced_delay_ms": paced_delay_ms,
+        "paced_events_per_s": events(paced_batch) / paced_batch.seconds,
+        "paced_cpu_us_per_event": paced_cpu.seconds * 1e6 / max(1, events(paced_batch)),
+        "paced_cpu_system_share": paced_cpu.system_share,
+        "paced_events_missing": paced_tokens * paced_streams - events(paced_batch),
+        "direct": _errors(direct_batch),
+        "gateway": _errors(gateway_batch),
+        "paced": _errors(paced_batch),
+    }
+
+
+def memory_per_stream(gateway: Side, streams: int, directive: dict[str, Any]) -> dict[str, Any]:
+    """4. Gateway worker RSS growth while `streams` slow streams are held, per stream."""
+    warm = run_batch(gateway.target, gateway.target.request(SHORT), 50, 10, read_stream(gateway.target.content_marker))
+    gevent.sleep(0.5)
+    before = procstat.rss_kib(gateway.pid)
+    held = HeldStreams(gateway.target, gateway.target.request(directive), streams)
+    try:
+        open_seconds = held.open(timeout=60)
+        gevent.sleep(1.0)  # let every stream settle into its idle state
+        during = 0
+        for _ in range(3):  # the highest of a few samples: RSS moves a little as the loop runs
+            during = max(during, procstat.rss_kib(gateway.pid))
+            gevent.sleep(0.1)
+    finally:
+        held.close()
+    return {
+        "streams": streams,
+        "held": held.held,
+        "open_seconds": open_seconds,
+        "rss_before_kib": before,
+        "rss_held_kib": during,
+        "kib_per_stream": (during - before) / streams,
+        "errors": held.errors + warm.errors,
+        "error_samples": held.batch.error_samples + warm.error_samples,
+    }
+
+
+def _active(streams_of_emulator: Callable[[], dict[str, Any]]) -> int | None:
+    try:
+        return streams_of_emulator()["active"]
+    except Exception:  # the emulator's control call can time out while its connection pool is full
+        return None
+
+
+def wait_released(streams_of_emulator: Callable[[], dict[str, Any]], timeout: float) -> tuple[float, int | None]:
+    """Seconds until the emulator has no active stream (polled), and the count left at the end.
+
+    The emulator serves at most 1,000 connections at once (gunicorn's default), so while
+    1,000 streams are open its control endpoint only answers once some of them ended.
+    """
+    started = time.perf_counter()
+    active = _active(streams_of_emulator)
+    while active != 0 and time.perf_counter() - started < timeout:
+        gevent.sleep(0.05)
+        active = _active(streams_of_emulator)
+    return time.perf_counter() - started, active
+
+
+def held_streams(gateway: Side, streams: int, directive: dict[str, Any], hold_seconds: float,
+                 emulator_streams: Callable[[], dict[str, Any]], release_timeout: float) -> dict[str, Any]:
+    """5. Many streams held on one worker: errors, then how fast the emulator's streams end."""
+    before = procstat.rss_kib(gateway.pid)
+    held = HeldStreams(gateway.target, gateway.target.request(directive), streams)
+    try:
+        open_seconds = held.open(timeout=90)
+        gevent.sleep(hold_seconds)
+        during = procstat.rss_kib(gateway.pid)
+    finally:
+        held.close()
+    release_seconds, left = wait_released(emulator_streams, release_timeout)
+    try:
+        snapshot = emulator_streams()
+    except Exception:
+        snapshot = {"started": None, "finished": None}
+    return {
+        "streams": streams,
+        "held": held.held,
+        "open_seconds": open_seconds,
+        "hold_seconds": hold_seconds,
+        "chunks_read_while_held": held.chunks,
+        "errors": held.errors,
+        "error_samples": held.batch.error_samples,
+        "rss_before_kib": before,
+        "rss_held_kib": during,
+        "release_seconds": release_seconds,
+        "released": left == 0,
+        "active_after": left,
+        "emulator_started": snapshot["started"],
+        "emulator_finished": snapshot["finished"],
+    }

@@ -1,0 +1,129 @@
+"""The printed table and the JSON file of one benchmark run.
+
+The table compares each figure with its target and marks it `ok` or `MISS`; that mark is
+information only, the benchmark never fails on a timing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+COLUMNS = ("figure", "direct", "gateway", "difference", "target", "")
+WIDTHS = (44, 11, 11, 14, 16, 6)
+
+
+def _num(value: Any, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:,.{digits}f}"
+
+
+def _verdict(value: Any, limit: float) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "?"
+    return "ok" if value <= limit else "MISS"
+
+
+def _kernel(share: float) -> str:
+    return f"{share * 100:.0f}% kernel"
+
+
+def _line(cells: tuple[str, ...]) -> str:
+    first, *rest = cells
+    right = "".join(cell.rjust(width) for cell, width in zip(rest, WIDTHS[1:], strict=True))
+    return (first.ljust(WIDTHS[0]) + right).rstrip()
+
+
+def _section(results: dict[str, Any], name: str) -> dict[str, Any] | None:
+    figures = results.get(name)
+    return None if not figures or "crashed" in figures else figures
+
+
+def _rows(results: dict[str, Any]) -> list[tuple[str, ...] | str]:
+    rows: list[tuple[str, ...] | str] = []
+    t = _section(results, "throughput")
+    if t:
+        rows.append(f"1. Non-streaming, {t['requests']} requests, {t['concurrency']} concurrent")
+        rows.append(("  requests/s", _num(t["direct_rps"]), _num(t["gateway_rps"]), f"x{t['ratio']:.2f}", "", ""))
+        cpu = t["gateway_cpu_ms_per_request"]
+        rows.append(("  gateway CPU per request (ms)", "", _num(cpu, 3), _kernel(t["gateway_cpu_system_share"]),
+                     "<= 1.1", _verdict(cpu, 1.1)))
+        rows.append(("  emulator CPU per request (ms)", _num(t["emulator_cpu_ms_per_request_direct"], 3),
+                     _num(t["emulator_cpu_ms_per_request_via_gateway"], 3), "", "", ""))
+        rows.append(("  load client CPU per request (ms)", _num(t["client_cpu_ms_per_request_direct"], 3),
+                     _num(t["client_cpu_ms_per_request_via_gateway"], 3), "", "", ""))
+        errors = t["direct"]["errors"] + t["gateway"]["errors"]
+        rows.append(("  errors", _num(t["direct"]["errors"]), _num(t["gateway"]["errors"]), "", "0",
+                     _verdict(errors, 0)))
+    f = _section(results, "first_byte")
+    if f:
+        rows.append(f"2. Time to first content event, {f['requests']} sequential streams")
+        rows.append(("  p50 (ms)", _num(f["direct_p50_ms"], 2), _num(f["gateway_p50_ms"], 2),
+                     f"+{_num(f['added_p50_ms'], 2)}", "added <= 2", _verdict(f["added_p50_ms"], 2)))
+        rows.append(("  p99 (ms)", _num(f["direct_p99_ms"], 2), _num(f["gateway_p99_ms"], 2),
+                     f"+{_num(f['added_p99_ms'], 2)}", "", ""))
+        rows.append(("  errors", _num(f["direct"]["errors"]), _num(f["gateway"]["errors"]), "", "0",
+                     _verdict(f["direct"]["errors"] + f["gateway"]["errors"], 0)))
+    r = _section(results, "relay_cost")
+    if r:
+        rows.append(f"3. Relay cost, {r['streams']} streams x {r['tokens_per_stream']} tokens (back to back)")
+        rows.append(("  content events/s", _num(r["direct_events_per_s"], 0), _num(r["gateway_events_per_s"], 0),
+                     "", "", ""))
+        cpu = r["gateway_cpu_us_per_event"]
+        rows.append(("  gateway CPU per event (us)", "", _num(cpu), _kernel(r["gateway_cpu_system_share"]), "<= 40",
+                     _verdict(cpu, 40)))
+        rows.append((f"  paced: {r['paced_streams']} x {r['paced_tokens_per_stream']} tokens, "
+                     f"{r['paced_delay_ms']:g} ms apart (us)", "", _num(r["paced_cpu_us_per_event"]),
+                     _kernel(r["paced_cpu_system_share"]), "", ""))
+        errors = sum(r[side]["errors"] for side in ("direct", "gateway", "paced"))
+        missing = r["gateway_events_missing"] + r["paced_events_missing"]
+        rows.append(("  errors / events missing", "", f"{errors} / {missing}", "", "0", _verdict(errors + missing, 0)))
+    m = _section(results, "memory")
+    if m:
+        rows.append(f"4. Memory, {m['streams']} held slow streams (fresh gateway)")
+        rows.append(("  worker RSS before -> held (MiB)", "", f"{m['rss_before_kib'] / 1024:.1f} -> "
+                     f"{m['rss_held_kib'] / 1024:.1f}", "", "", ""))
+        kib = m["kib_per_stream"]
+        rows.append(("  RSS per held stream (KiB)", "", _num(kib), "", "<= 40", _verdict(kib, 40)))
+        rows.append(("  errors", "", _num(m["errors"]), "", "0", _verdict(m["errors"], 0)))
+    h = _section(results, "held")
+    if h:
+        rows.append(f"5. {h['streams']:,} held streams on one worker")
+        rows.append(("  held / opened in (s)", "", f"{h['held']:,} / {h['open_seconds']:.1f}", "", "", ""))
+        rows.append(("  errors", "", _num(h["errors"]), "", "0", _verdict(h["errors"], 0)))
+        per_stream = (h["rss_held_kib"] - h["rss_before_kib"]) / h["streams"]
+        rows.append(("  RSS per held stream (KiB)", "", _num(per_stream), "", "", ""))
+        release = h["release_seconds"] if h["released"] else math.nan
+        left = h["active_after"] if h["active_after"] is not None else math.nan
+        rows.append(("  upstream streams ended after close (s)", "", _num(release, 2), "", "<= 5",
+                     _verdict(release, 5)))
+        rows.append(("  emulator streams still active", "", _num(left), "", "0", _verdict(left, 0)))
+    return rows
+
+
+def render(results: dict[str, Any]) -> str:
+    meta = results["meta"]
+    lines = [
+        f"OpenDify benchmark: {meta['cores']} cores, gateway {meta['gateway_workers']} worker (gevent), emulator "
+        f"1 worker; {meta['seconds']:.0f} s",
+        f"machine: {meta['python_reference_us']:.1f} us per reference event (bench/calibrate.py), load average "
+        f"{meta['load_average_before']:.2f} before, {meta['load_average_after']:.2f} after",
+        "",
+        _line(COLUMNS),
+        "-" * sum(WIDTHS),
+    ]
+    for row in _rows(results):
+        lines.append(row if isinstance(row, str) else _line(row))
+    failed = [name for name, value in results.items() if isinstance(value, dict) and "crashed" in value]
+    lines += [f"{name}: CRASHED: {results[name]['crashed']}" for name in failed]
+    return "\n".join(lines)
+
+
+def write_json(results: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, default=str) + "\n")

@@ -1,0 +1,162 @@
+"""Orchestration of `python -m bench`: start the processes, run the five measurements, report.
+
+Starts one emulator and one gateway (one gevent worker), runs the measurements of
+bench/README.md, prints a table and writes bench/results/latest.json. Timings are reported,
+never asserted: the exit status is non-zero only when a measurement crashed.
+Expects a gevent-patched process (see bench/__main__.py).
+"""
+
+import os
+import resource
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gevent
+
+from bench import calibrate, figures, procstat, report
+from bench.figures import Side
+from bench.targets import dify_target, gateway_target
+from dify_emulator.control import start_emulator
+from tests.gateway_process import GatewayProcess
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
+
+# Sizes of the runs: chosen to keep the whole benchmark near 1-2 minutes on 2 cores.
+THROUGHPUT_REQUESTS, THROUGHPUT_CONCURRENCY = 2000, 16
+FIRST_BYTE_REQUESTS = 300
+RELAY_STREAMS, RELAY_TOKENS = 4, 5000
+PACED_STREAMS, PACED_TOKENS, PACED_DELAY_MS = 100, 200, 20.0
+MEMORY_STREAMS = 500
+MEMORY_DIRECTIVE = {"tokens": 5, "never_end": True, "ping_interval_s": 60}
+HELD_STREAMS, HOLD_SECONDS = 1000, 5.0
+HELD_DIRECTIVE = {"tokens": 5, "never_end": True, "ping_interval_s": 5}
+RELEASE_TIMEOUT = 15.0
+
+GATEWAY_ENV = {
+    "DIFY_API_KEYS": "app-demo-chat",
+    "VALID_API_KEYS": "sk-bench",
+    "WORKERS": "1",
+    "CONVERSATION_MEMORY_MODE": "0",
+    "WORKER_CONNECTIONS": "2000",
+    "ACCESS_LOG": "",
+    "LOG_LEVEL": "WARNING",
+}
+
+
+def raise_fd_limit() -> int:
+    """1,000 held streams need ~1,000 fds here and ~2,000 in the gateway (which inherits the limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def only_worker(master_pid: int, timeout: float = 10.0) -> int:
+    """The pid of gunicorn's single worker (its CPU and memory are what is measured)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        workers = procstat.children(master_pid)
+        if len(workers) == 1:
+            return workers[0]
+        gevent.sleep(0.1)
+    raise RuntimeError(f"expected one worker under pid {master_pid}, found {procstat.children(master_pid)}")
+
+
+def start_gateway(emulator_base_url: str, **extra: str) -> tuple[GatewayProcess, Side]:
+    gateway = GatewayProcess({**GATEWAY_ENV, "DIFY_API_BASE": emulator_base_url, **extra})
+    try:
+        return gateway, Side(gateway_target(gateway.base_url), only_worker(gateway.pid))
+    except BaseException:
+        gateway.stop()
+        raise
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=5)
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+class Runner:
+    """Runs measurements one by one; a crash is recorded and the next one still runs."""
+
+    def __init__(self, results: dict[str, Any]) -> None:
+        self.results = results
+        self.crashed = False
+
+    def run(self, name: str, title: str, measure: Callable[[], dict[str, Any]]) -> None:
+        print(f"[bench] {title} ...", file=sys.stderr, flush=True)
+        started = time.perf_counter()
+        try:
+            self.results[name] = measure()
+        except Exception as exc:
+            traceback.print_exc()
+            self.crashed = True
+            self.results[name] = {"crashed": f"{type(exc).__name__}: {exc}"}
+        print(f"[bench]   {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+
+
+def memory_on_fresh_gateway(emulator: Any) -> dict[str, Any]:
+    """Figure 4 on a gateway of its own: memory the other runs left allocated would hide the growth."""
+    process, gateway = start_gateway(emulator.base_url, GRACEFUL_TIMEOUT="1")
+    with process:
+        result = figures.memory_per_stream(gateway, MEMORY_STREAMS, MEMORY_DIRECTIVE)
+    # Its held streams end upstream when it stops; the next run must not see them.
+    result["release_after_stop_seconds"] = figures.wait_released(emulator.streams, RELEASE_TIMEOUT)[0]
+    return result
+
+
+def measure_all(runner: Runner) -> None:
+    with start_emulator(env={"EMULATOR_RECORD": "0"}) as emulator:
+        direct = Side(dify_target(emulator.base_url), only_worker(emulator.pid))
+        gateway_process, gateway = start_gateway(emulator.base_url)
+        with gateway_process:
+            runner.run("throughput", "1/5 non-streaming throughput", lambda: figures.throughput(
+                direct, gateway, THROUGHPUT_REQUESTS, THROUGHPUT_CONCURRENCY))
+            runner.run("first_byte", "2/5 time to first content event", lambda: figures.first_byte(
+                direct, gateway, FIRST_BYTE_REQUESTS))
+            runner.run("relay_cost", "3/5 CPU per relayed event", lambda: figures.relay_cost(
+                direct, gateway, RELAY_TOKENS, RELAY_STREAMS, PACED_STREAMS, PACED_TOKENS, PACED_DELAY_MS))
+            runner.run("memory", "4/5 memory per held stream", lambda: memory_on_fresh_gateway(emulator))
+            runner.run("held", f"5/5 {HELD_STREAMS} held streams", lambda: figures.held_streams(
+                gateway, HELD_STREAMS, HELD_DIRECTIVE, HOLD_SECONDS, emulator.streams, RELEASE_TIMEOUT))
+
+
+def main() -> int:
+    fd_limit = raise_fd_limit()
+    started = time.perf_counter()
+    results: dict[str, Any] = {"meta": {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "commit": git_commit(),
+        "cores": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "gateway_workers": 1,
+        "fd_limit": fd_limit,
+        "clock_ticks_per_s": procstat.CLOCK_TICKS,
+        "load_average_before": os.getloadavg()[0],
+        "python_reference_us": calibrate.reference_us(),
+    }}
+    runner = Runner(results)
+    try:
+        measure_all(runner)
+    except Exception:
+        traceback.print_exc()
+        runner.crashed = True
+        results["setup"] = {"crashed": traceback.format_exc(limit=3)}
+    results["meta"]["seconds"] = time.perf_counter() - started
+    results["meta"]["load_average_after"] = os.getloadavg()[0]
+    report.write_json(results, RESULTS)
+    print(report.render(results))
+    print(f"\nFigures written to {RESULTS.relative_to(ROOT)}")
+    return 1 if runner.crashed else 0
+
