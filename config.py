@@ -34,6 +34,9 @@ class Settings:
     cors_allow_origins: tuple[str, ...] = ("*",)
     pool_size: int = 1000
     log_level: str = "INFO"
+    max_choices: int = 8
+    model_aliases: tuple[tuple[str, str], ...] = ()
+    default_model: str | None = None
 
     @property
     def open_access(self) -> bool:
@@ -84,6 +87,16 @@ def _integer(env: Mapping[str, str], name: str, default: int, *, minimum: int) -
 
 def _csv(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in env.get(name, "").split(",") if item.strip())
+
+
+def _aliases(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    aliases = []
+    for item in _csv(env, "MODEL_ALIASES"):
+        alias, _, target = item.partition("=")
+        if not alias.strip() or not target.strip():
+            raise ConfigError(f"MODEL_ALIASES items must look like alias=model (got {item!r})")
+        aliases.append((alias.strip(), target.strip()))
+    return tuple(aliases)
 
 
 def _api_base(env: Mapping[str, str]) -> str:
@@ -151,6 +164,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         cors_allow_origins=_csv(env, "CORS_ALLOW_ORIGINS") or ("*",),
         pool_size=_integer(env, "WORKER_CONNECTIONS", 1000, minimum=1),
         log_level=log_level,
+        max_choices=_integer(env, "MAX_CHOICES", 8, minimum=1),
+        model_aliases=_aliases(env),
+        default_model=env.get("DEFAULT_MODEL", "").strip() or None,
     )
     if settings.open_access and not settings.allow_open_access and not is_loopback(settings.server_host):
         raise ConfigError(

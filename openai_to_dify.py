@@ -36,7 +36,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     from flask import Flask
 
-    from blueprints import chat, edge, health, models
+    from blueprints import chat, completions, edge, health, models
     from memory_modes import memory_mode
     from services.apps import AppRegistry
     from services.dify_client import DifyClient
@@ -48,7 +48,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     logging.getLogger("urllib3").setLevel(logging.ERROR)
     app = Flask(__name__)
     dify = DifyClient(settings.dify_api_base, settings.timeout, settings.pool_size)
-    registry = AppRegistry(dify, settings.dify_api_keys, settings.app_info_ttl)
+    registry = AppRegistry(dify, settings.dify_api_keys, settings.app_info_ttl, settings.model_aliases,
+                           settings.default_model)
     mode = settings.conversation_memory_mode
     app.extensions["opendify"] = Gateway(settings, dify, registry, memory_mode(mode),
                                          memory_mode(mode, conversations=False))
@@ -56,7 +57,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     # The OpenAI surface answers with and without the /v1 prefix, and under /v1/v1 (what
     # NextChat calls when its base URL already ends in /v1).
     for prefix in ("/v1", "", "/v1/v1"):
-        for blueprint in (chat.bp, models.bp):
+        for blueprint in (chat.bp, completions.bp, models.bp):
             app.register_blueprint(blueprint, url_prefix=prefix, name=f"{blueprint.name}{prefix.replace('/', '_')}")
     app.register_blueprint(health.bp)
     registry.start()

@@ -1,15 +1,13 @@
-"""POST /v1/chat/completions: an OpenAI chat request answered by a Dify chat-family app.
+"""POST /v1/chat/completions: an OpenAI chat request answered by a Dify app.
 
 The path, top to bottom: validate the request -> resolve the model to a Dify app -> the
-memory mode builds the Dify query and conversation id -> open Dify's event stream -> relay
-it as SSE chunks, or assemble one JSON body from the same items.
+memory mode builds the Dify query and conversation id -> start one Dify stream per choice
+-> relay them as SSE chunks, or fold the same items into one JSON body.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from functools import partial
-from itertools import chain
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
@@ -23,16 +21,26 @@ from services.dify_calls import dify_payload, dify_route
 from services.errors import OpenAIError, invalid_request
 from services.gateway import Gateway, current_gateway
 from services.openai_request import ChatRequest, parse_chat_request
-from services.relay import ChatRelay, Item
-from services.translate import ERROR, ChatCompletionBuilder, ChunkEncoder, DifyEventTranslator, new_completion_id, now
+from services.relay import ChatRelay, Item, merged_batches, prefetch_all, raise_first_refusal
+from services.render import (
+    ChatChunkEncoder,
+    ChoiceCollector,
+    chat_completion_body,
+    collect,
+    new_id,
+    now,
+    sse_body,
+)
+from services.translate import ERROR, DifyEventTranslator
 
 bp = Blueprint("chat", __name__)
 
 CONVERSATION_HEADER = "X-Dify-Conversation-Id"
-_STREAM_HEADERS = {
+STREAM_HEADERS = {
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",  # nginx must not buffer the stream
 }
+SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
 
 
 @bp.post("/chat/completions")
@@ -40,28 +48,52 @@ def chat_completions() -> Response:
     return answer_chat(read_json())
 
 
+@bp.post("/engines/<path:model>/chat/completions")  # openai 0.28 with engine= / deployment_id=
+@bp.post("/openai/deployments/<path:model>/chat/completions")  # Azure-style clients (api-key header)
+def chat_completions_for(model: str) -> Response:
+    return answer_chat(read_json(), model)
+
+
 def answer_chat(body: Any, model: str | None = None) -> Response:
     gateway = current_gateway()
-    chat = parse_chat_request(body, model)
+    chat = parse_chat_request(body, model, gateway.settings.max_choices)
     app = gateway.registry.resolve(chat.model)
     dify_user = dify_user_for(chat.user, g.client_key)
     memory = gateway.memory if app.has_conversations else gateway.memory_without_conversations
+    turn, recoverable = _first_turn(memory, app, chat, body)
+    turn, relays, prefetched = _start(gateway, memory, app, dify_user, chat, turn, recoverable)
+    completion_id, created = new_id("chatcmpl"), now()
+    conversation_id = relays[0].translator.conversation_id or turn.conversation_id
+    headers = {CONVERSATION_HEADER: conversation_id} if conversation_id else {}
+
+    def close() -> None:
+        for relay in relays:
+            relay.close()
+
+    batches = merged_batches(relays, prefetched)
+    if not chat.stream:
+        collectors = [ChoiceCollector() for _ in relays]
+        usage = collect(batches, collectors, close)
+        response = jsonify(chat_completion_body(completion_id, created, chat.model, collectors, usage))
+        response.headers.update(headers)
+        return response
+    encoders = [ChatChunkEncoder(completion_id, created, chat.model, index) for index in range(chat.n)]
+    return Response(sse_body(batches, encoders, chat.include_usage, close), status=200,
+                    headers={**STREAM_HEADERS, **headers}, content_type=SSE_CONTENT_TYPE)
+
+
+def _first_turn(memory: MemoryMode, app: DifyApp, chat: ChatRequest, body: dict[str, Any]) -> tuple[DifyTurn, bool]:
+    """The Dify turn to send, and whether a vanished conversation may be replaced."""
     explicit_id = _requested_conversation_id(body) if app.has_conversations else None
     if explicit_id:
-        turn = DifyTurn(query=continuation_query(chat.messages), conversation_id=explicit_id)
-    else:
-        turn = memory.prepare(chat.messages)
-    turn, relay, prefetched = _start_relay(gateway, memory, app, dify_user, chat, turn,
-                                           recoverable=not explicit_id)
-    completion_id, created = new_completion_id(), now()
-    if not chat.stream:
-        return _assemble(relay, prefetched, completion_id, created, chat.model, turn)
-    encoder = ChunkEncoder(completion_id, created, chat.model, chat.include_usage)
-    headers = dict(_STREAM_HEADERS)
-    if conversation_id := relay.translator.conversation_id or turn.conversation_id:
-        headers[CONVERSATION_HEADER] = conversation_id
-    return Response(_stream(relay, encoder, prefetched), status=200, headers=headers,
-                    content_type="text/event-stream; charset=utf-8")
+        if chat.n > 1:
+            raise invalid_request("n > 1 cannot continue one Dify conversation; each choice is a new one.",
+                                  param="n", code="invalid_value")
+        return DifyTurn(query=continuation_query(chat.messages), conversation_id=explicit_id), False
+    turn = memory.prepare(chat.messages)
+    if chat.n > 1 and turn.conversation_id:
+        turn = memory.recover(chat.messages)  # n parallel runs cannot share one conversation
+    return turn, True
 
 
 def _requested_conversation_id(body: dict[str, Any]) -> str | None:
@@ -72,62 +104,33 @@ def _requested_conversation_id(body: dict[str, Any]) -> str | None:
     return value.strip() if value and value.strip() else None
 
 
-def _start_relay(gateway: Gateway, memory: MemoryMode, app: DifyApp, dify_user: str, chat: ChatRequest,
-                 turn: DifyTurn, recoverable: bool) -> tuple[DifyTurn, ChatRelay, list[Item]]:
-    """Call Dify and wait (at most FIRST_EVENT_WAIT) for its first event or refusal."""
-    relay, prefetched = _relay(gateway, memory, app, dify_user, chat, turn)
-    if turn.conversation_id and _refused(prefetched, 404):
-        relay.close()
+def _start(gateway: Gateway, memory: MemoryMode, app: DifyApp, dify_user: str, chat: ChatRequest, turn: DifyTurn,
+           recoverable: bool) -> tuple[DifyTurn, list[ChatRelay], list[list[Item]]]:
+    """Start one Dify stream per choice and wait (at most FIRST_EVENT_WAIT) for each one's
+    first event or refusal, so a failure before the first token is a real HTTP status."""
+    relays = [_relay(gateway, memory, app, dify_user, chat, turn) for _ in range(chat.n)]
+    prefetched = prefetch_all(relays, gateway.settings.first_event_wait)
+    if turn.conversation_id and _refused(prefetched[0], 404):
+        relays[0].close()
         if not recoverable:
             raise OpenAIError(404, f"Dify has no conversation `{turn.conversation_id}` for this app and user.",
                               param="conversation_id", code="conversation_not_found")
         # The conversation is gone (another app or user, deleted): start over with the history.
         turn = memory.recover(chat.messages)
-        relay, prefetched = _relay(gateway, memory, app, dify_user, chat, turn)
-    if prefetched and prefetched[0][0] == ERROR:
-        relay.close()
-        raise prefetched[0][1]  # Dify failed before the first token: a real HTTP status
-    return turn, relay, prefetched
+        relays = [_relay(gateway, memory, app, dify_user, chat, turn)]
+        prefetched = prefetch_all(relays, gateway.settings.first_event_wait)
+    raise_first_refusal(relays, prefetched)
+    return turn, relays, prefetched
 
 
 def _relay(gateway: Gateway, memory: MemoryMode, app: DifyApp, dify_user: str, chat: ChatRequest,
-           turn: DifyTurn) -> tuple[ChatRelay, list[Item]]:
+           turn: DifyTurn) -> ChatRelay:
     payload = dify_payload(app, text=turn.query, conversation_id=turn.conversation_id, user=dify_user,
                            inputs=chat.inputs)
     translator = DifyEventTranslator(app.mode, partial(memory.reply_suffix, turn=turn))
     open_stream = partial(gateway.dify.open_stream, app.key, dify_route(app), payload)
-    relay = ChatRelay(gateway.dify, app, dify_user, open_stream, gateway.settings.keepalive_interval, translator)
-    try:
-        return relay, relay.prefetch(gateway.settings.first_event_wait)
-    except BaseException:
-        relay.close()
-        raise
+    return ChatRelay(gateway.dify, app, dify_user, open_stream, gateway.settings.keepalive_interval, translator)
 
 
-def _refused(prefetched: list[Item], status: int) -> bool:
-    return bool(prefetched) and prefetched[0][0] == ERROR and prefetched[0][1].status == status
-
-
-def _stream(relay: ChatRelay, encoder: ChunkEncoder, prefetched: list[Item]) -> Iterator[bytes]:
-    try:
-        # The role chunk goes out at once: the response headers leave with the first write.
-        yield encoder.role() + encoder.render(prefetched)
-        for batch in relay.batches():
-            yield encoder.render(batch)
-    finally:
-        relay.close()
-
-
-def _assemble(relay: ChatRelay, prefetched: list[Item], completion_id: str, created: int, model: str,
-              turn: DifyTurn) -> Response:
-    builder = ChatCompletionBuilder()
-    try:
-        for batch in chain([prefetched], relay.batches()):
-            for kind, value in batch:
-                builder.add(kind, value)
-    finally:
-        relay.close()
-    response = jsonify(builder.body(completion_id, created, model))
-    if conversation_id := relay.translator.conversation_id or turn.conversation_id:
-        response.headers[CONVERSATION_HEADER] = conversation_id
-    return response
+def _refused(items: list[Item], status: int) -> bool:
+    return bool(items) and items[0][0] == ERROR and items[0][1].status == status

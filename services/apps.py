@@ -93,10 +93,15 @@ def model_id_for(name: str) -> str:
 
 
 class AppRegistry:
-    def __init__(self, client: DifyClient, keys: tuple[str, ...], ttl: float) -> None:
+    def __init__(self, client: DifyClient, keys: tuple[str, ...], ttl: float,
+                 aliases: tuple[tuple[str, str], ...] = (), default_model: str | None = None) -> None:
+        """`aliases` map other model names (e.g. gpt-4o-mini, which NextChat uses for topic
+        summaries) to app models; `default_model` serves any unknown name (off: 404)."""
         self._client = client
         self._keys = keys
         self._ttl = ttl
+        self._aliases = dict(aliases)
+        self._default_model = default_model
         self._apps: dict[str, DifyApp] = {}  # by key
         self._by_model: dict[str, DifyApp] = {}
         self._refreshed_at = 0.0
@@ -130,11 +135,12 @@ class AppRegistry:
         try:
             info = self._client.get_json(key, "/info")
             parameters = self._client.get_json(key, "/parameters")
-            mode = str(info.get("mode") or "") or self._infer_mode(key)
+            previous = self._apps.get(key)
+            # An app's mode never changes: infer it once (Dify < 1.4).
+            mode = str(info.get("mode") or "") or (previous.mode if previous else self._infer_mode(key))
         except OpenAIError as exc:
             log.warning("app lookup for key #%d failed: %s", self._keys.index(key) + 1, exc.message)
             return None
-        previous = self._apps.get(key)
         return DifyApp(
             key=key,
             name=str(info.get("name") or f"dify-app-{self._keys.index(key) + 1}"),
@@ -188,13 +194,19 @@ class AppRegistry:
 
     def resolve(self, model: str) -> DifyApp:
         index = self._current()
-        app = index.get(model)
-        if app is None:
-            app = next((app for app in index.values() if app.name == model), None)
-        if app is not None:
-            return app
+        for name in (model, self._aliases.get(model), self._default_model):
+            app = _lookup(index, name)
+            if app is not None:
+                return app
         if len(self._apps) < len(self._keys):
             # Some app could not be looked up: the name may belong to it.
             raise server_error(f"The model `{model}` is not known yet: Dify could not be reached to list the apps.",
                                503, "upstream_unavailable")
         raise model_not_found(model)
+
+
+def _lookup(index: dict[str, DifyApp], name: str | None) -> DifyApp | None:
+    """By model id, else by the exact Dify app name."""
+    if name is None:
+        return None
+    return index.get(name) or next((app for app in index.values() if app.name == name), None)

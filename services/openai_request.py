@@ -24,6 +24,7 @@ class ChatRequest:
     include_usage: bool
     user: str | None
     inputs: dict[str, Any]  # Dify app inputs (e.g. openai SDK extra_body={"inputs": {...}})
+    n: int = 1
 
 
 def _optional(body: dict[str, Any], name: str, kind: type | tuple[type, ...], label: str) -> Any:
@@ -33,7 +34,17 @@ def _optional(body: dict[str, Any], name: str, kind: type | tuple[type, ...], la
     return value
 
 
-def parse_chat_request(body: Any, model: str | None = None) -> ChatRequest:
+def choice_count(body: dict[str, Any], max_choices: int) -> int:
+    """`n`: how many answers to generate (each one Dify run)."""
+    n = body.get("n")
+    if n is None:
+        return 1
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= max_choices:
+        raise invalid_request(f"'n' must be a whole number from 1 to {max_choices}.", param="n", code="invalid_value")
+    return n
+
+
+def parse_chat_request(body: Any, model: str | None = None, max_choices: int = 1) -> ChatRequest:
     """Check a /chat/completions body; `model` comes from the path on legacy engine routes."""
     if not isinstance(body, dict):
         raise invalid_request("The request body must be a JSON object.", code="invalid_json")
@@ -59,6 +70,7 @@ def parse_chat_request(body: Any, model: str | None = None) -> ChatRequest:
         include_usage=stream and options.get("include_usage") is True,
         user=user.strip() or None if user else None,
         inputs=inputs,
+        n=choice_count(body, max_choices),
     )
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import gevent
 import requests
+from gevent.queue import Queue
 
 from services.apps import DifyApp
 from services.dify_client import DifyClient
@@ -90,3 +91,60 @@ class ChatRelay:
         task_id = self.translator.task_id
         if not finished and task_id:
             gevent.spawn(self._client.stop, self._app.key, self._app.stop_path(task_id), self._dify_user)
+
+
+def prefetch_all(relays: list[ChatRelay], wait: float) -> list[list[Item]]:
+    """Each relay's first items (see `ChatRelay.prefetch`); the relays run concurrently, so
+    this waits about as long as the slowest. Every relay is closed if this fails."""
+    deadline = time.monotonic() + wait
+    try:
+        return [relay.prefetch(max(0.0, deadline - time.monotonic())) for relay in relays]
+    except BaseException:
+        for relay in relays:
+            relay.close()
+        raise
+
+
+def raise_first_refusal(relays: list[ChatRelay], prefetched: list[list[Item]]) -> None:
+    """If Dify refused any choice before its first token, close them all and raise that
+    error: the client gets a real HTTP status."""
+    for items in prefetched:
+        if items and items[0][0] == ERROR:
+            for relay in relays:
+                relay.close()
+            raise items[0][1]
+
+
+def merged_batches(relays: list[ChatRelay], prefetched: list[list[Item]]) -> Iterator[tuple[int, list[Item]]]:
+    """Every relay's batches tagged with its choice index, as they arrive (prefetched first).
+
+    One relay is read directly; several are read by one greenlet each, so a slow choice
+    never holds back the others.
+    """
+    for index, items in enumerate(prefetched):
+        if items:
+            yield index, items
+    if len(relays) == 1:
+        for batch in relays[0].batches():
+            yield 0, batch
+        return
+    arrivals: Queue = Queue()
+
+    def pump(index: int, relay: ChatRelay) -> None:
+        try:
+            for batch in relay.batches():
+                arrivals.put((index, batch))
+        finally:
+            arrivals.put((index, None))
+
+    pumps = [gevent.spawn(pump, index, relay) for index, relay in enumerate(relays)]
+    running = len(pumps)
+    try:
+        while running:
+            index, batch = arrivals.get()
+            if batch is None:
+                running -= 1
+            else:
+                yield index, batch
+    finally:
+        gevent.killall(pumps, block=False)

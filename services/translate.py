@@ -1,20 +1,18 @@
-"""Dify events -> OpenAI chat completions, streamed or assembled.
+"""Dify events -> output items, the one representation every rendering starts from.
 
-One code path, two renderings: `DifyEventTranslator` turns each Dify event into output
-items (text, a replacement, a keep-alive, the end); `ChunkEncoder` renders items as SSE
-chunk bytes for streams, and `ChatCompletionBuilder` folds the same items into one
-`chat.completion` body for non-streaming requests.
+`DifyEventTranslator` turns each Dify event of one stream into items (text, a replacement,
+a keep-alive, the end, an error); `services.render` turns items into OpenAI SSE chunks for
+streams or folds them into one body for non-streaming requests: one code path, two
+renderings.
 """
 
 from __future__ import annotations
 
 import json
-import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
-from services.errors import OpenAIError, from_dify_error, server_error
+from services.errors import from_dify_error, server_error
 
 # Output items are (kind, value) tuples: cheap on the per-event hot path.
 TEXT = "text"  # value: text to append
@@ -26,10 +24,6 @@ ERROR = "error"  # value: an OpenAIError; the stream ends with it
 PING_ITEM = (PING, None)
 
 _USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
-
-
-def new_completion_id() -> str:
-    return f"chatcmpl-{uuid.uuid4().hex}"
 
 
 def usage_from_dify(usage: Any) -> dict[str, int] | None:
@@ -144,106 +138,3 @@ class DifyEventTranslator:
         self.finished = True
         return [(ERROR, server_error("Dify closed the stream before the answer was complete", 502,
                                      "upstream_incomplete"))]
-
-
-def _compact(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
-DONE = b"data: [DONE]\n\n"
-KEEPALIVE = b": ping\n\n"
-
-
-def error_event(error: OpenAIError) -> bytes:
-    return b"data: " + _compact(error.body()).encode() + b"\n\n"
-
-
-class ChunkEncoder:
-    """Renders output items as `chat.completion.chunk` SSE bytes (clients.md 2.2).
-
-    The parts of a chunk that never change (id, created, model) are encoded once; a text
-    delta costs one json.dumps of the text.
-    """
-
-    def __init__(self, completion_id: str, created: int, model: str, include_usage: bool) -> None:
-        head = _compact({"id": completion_id, "object": "chat.completion.chunk", "created": created,
-                         "model": model, "system_fingerprint": None})[:-1]
-        self._head = "data: " + head + ',"choices":'
-        self._content_prefix = (self._head + '[{"index":0,"delta":{"content":').encode()
-        self._open_suffix = b'},"logprobs":null,"finish_reason":null}]}\n\n'
-        self._include_usage = include_usage
-        self._replaced = False
-
-    def _choice(self, delta: dict[str, Any], finish_reason: str | None) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-        return (self._head + _compact([choice]) + "}\n\n").encode()
-
-    def role(self) -> bytes:
-        return self._choice({"role": "assistant", "content": ""}, None)
-
-    def content(self, text: str) -> bytes:
-        # "replace": a lone surrogate (valid in JSON escapes) cannot become UTF-8.
-        encoded = json.dumps(text, ensure_ascii=False).encode("utf-8", "replace")
-        return self._content_prefix + encoded + self._open_suffix
-
-    def render(self, items: list[tuple[str, Any]]) -> bytes:
-        """The bytes for a batch of items; the batch holding END or ERROR also ends the stream."""
-        out = []
-        for kind, value in items:
-            if kind == TEXT:
-                out.append(self.content(value))
-            elif kind == PING:
-                out.append(KEEPALIVE)
-            elif kind == REPLACE:
-                # What was streamed cannot be taken back: the moderated text follows it.
-                self._replaced = True
-                out.append(self.content(value))
-            elif kind == END:
-                finish_reason, usage = value
-                out.append(self._choice({}, "content_filter" if self._replaced else finish_reason))
-                if self._include_usage:
-                    usage = usage or {key: 0 for key in _USAGE_KEYS}
-                    out.append((self._head + "[]," + _compact({"usage": usage})[1:] + "\n\n").encode())
-                out.append(DONE)
-            elif kind == ERROR:
-                out.append(error_event(value))
-                out.append(DONE)
-        return b"".join(out)
-
-
-class ChatCompletionBuilder:
-    """Folds output items into one non-streaming `chat.completion` body."""
-
-    def __init__(self) -> None:
-        self._parts: list[str] = []
-        self.finish_reason = "stop"
-        self.usage: dict[str, int] | None = None
-
-    def add(self, kind: str, value: Any) -> None:
-        if kind == TEXT:
-            self._parts.append(value)
-        elif kind == REPLACE:
-            self._parts = [value]
-            self.finish_reason = "content_filter"
-        elif kind == END:
-            finish_reason, self.usage = value
-            if self.finish_reason != "content_filter":
-                self.finish_reason = finish_reason
-        elif kind == ERROR:
-            raise value  # nothing was sent yet: the client gets a real HTTP error
-
-    def body(self, completion_id: str, created: int, model: str) -> dict[str, Any]:
-        message = {"role": "assistant", "content": "".join(self._parts), "refusal": None}
-        return {
-            "id": completion_id,
-            "object": "chat.completion",
-            "created": created,
-            "model": model,
-            "system_fingerprint": None,
-            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": self.finish_reason}],
-            "usage": self.usage or {key: 0 for key in _USAGE_KEYS},
-        }
-
-
-def now() -> int:
-    return int(time.time())

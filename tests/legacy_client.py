@@ -42,4 +42,13 @@ try:
 except openai.error.APIError as error:
     results["stream_error"] = str(error)
 
+engine_reply = openai.ChatCompletion.create(engine="demo-chat", messages=[{"role": "user", "content": "by engine"}])
+results["engine"] = engine_reply["choices"][0]["message"]["content"]
+
+text = openai.Completion.create(model="demo-chat", prompt="complete me")
+results["completion"] = [text["object"], text["choices"][0]["text"]]
+streamed = [chunk["choices"][0]["text"] for chunk in openai.Completion.create(engine="demo-chat", prompt="stream me",
+                                                                             stream=True)]
+results["completion_stream"] = "".join(streamed)
+
 print(json.dumps(results))

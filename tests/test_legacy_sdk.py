@@ -22,3 +22,6 @@ def test_legacy_openai_028(legacy_python, gateway):
     assert results["not_found"] == ["model_not_found", "model", 404]
     assert results["auth"] == 401
     assert "emulated model failure" in results["stream_error"]
+    assert results["engine"] == "You said: by engine"
+    assert results["completion"] == ["text_completion", "You said: complete me"]
+    assert results["completion_stream"] == "You said: stream me"

@@ -1,20 +1,19 @@
-"""Unit tests: Dify events -> OpenAI chunks and completions."""
+"""Unit tests: Dify events -> items -> OpenAI chunks and completions."""
 
 import json
 
 import pytest
 
 from services.errors import OpenAIError
-from services.translate import (
-    END,
-    ERROR,
-    PING_ITEM,
-    REPLACE,
-    TEXT,
-    ChatCompletionBuilder,
-    ChunkEncoder,
-    DifyEventTranslator,
+from services.render import (
+    ChatChunkEncoder,
+    ChoiceCollector,
+    TextChunkEncoder,
+    chat_completion_body,
+    collect,
+    sse_body,
 )
+from services.translate import END, ERROR, PING_ITEM, REPLACE, TEXT, DifyEventTranslator, outputs_text
 
 USAGE = {"prompt_tokens": 3, "prompt_price": "0.0001", "completion_tokens": 2, "total_tokens": 5,
          "total_price": "0.0002", "currency": "USD", "latency": 0.5}
@@ -89,12 +88,22 @@ def sse_payloads(data: bytes):
     return [block for block in text.split("\n\n") if block]
 
 
+def chunks_of(blocks):
+    return [json.loads(block[len("data: "):]) for block in blocks if block.startswith("data: {")]
+
+
+def body(batches, encoders, include_usage=False):
+    closed = []
+    wire = b"".join(sse_body(batches, encoders, include_usage, lambda: closed.append(True)))
+    assert closed == [True]
+    return sse_payloads(wire)
+
+
 def test_chunks_are_single_data_lines_with_constant_ids():
-    encoder = ChunkEncoder("chatcmpl-x", 123, "my-app", include_usage=True)
-    wire = encoder.role() + encoder.render([(TEXT, 'say "hi"\n'), PING_ITEM, (END, ("stop", None))])
-    blocks = sse_payloads(wire)
+    encoder = ChatChunkEncoder("chatcmpl-x", 123, "my-app")
+    blocks = body([(0, [(TEXT, 'say "hi"\n'), PING_ITEM]), (0, [(END, ("stop", None))])], [encoder], True)
     assert blocks[2] == ": ping" and blocks[-1] == "data: [DONE]"
-    chunks = [json.loads(block[len("data: "):]) for block in blocks if block.startswith("data: {")]
+    chunks = chunks_of(blocks)
     assert {(c["id"], c["created"], c["model"], c["object"]) for c in chunks} == {
         ("chatcmpl-x", 123, "my-app", "chat.completion.chunk")}
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
@@ -103,36 +112,65 @@ def test_chunks_are_single_data_lines_with_constant_ids():
     assert chunks[3]["choices"] == [] and chunks[3]["usage"]["total_tokens"] == 0
 
 
-def test_usage_chunk_only_when_asked():
-    encoder = ChunkEncoder("chatcmpl-x", 1, "m", include_usage=False)
-    blocks = sse_payloads(encoder.render([(END, ("stop", {"prompt_tokens": 1}))]))
-    assert len(blocks) == 2 and blocks[-1] == "data: [DONE]"
+def test_usage_chunk_only_when_asked_and_summed_over_choices():
+    usage = {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
+    encoders = [ChatChunkEncoder("c", 1, "m", index) for index in range(2)]
+    batches = [(1, [(TEXT, "b")]), (0, [(TEXT, "a"), (END, ("stop", usage))]), (1, [(END, ("stop", usage))])]
+    assert body(batches, encoders)[-2:] == [body(batches, encoders)[-2], "data: [DONE]"]
+    chunks = chunks_of(body(batches, encoders, include_usage=True))
+    assert [c["choices"][0]["index"] for c in chunks[:-1]] == [0, 1, 1, 0, 0, 1]
+    assert chunks[-1]["usage"] == {"prompt_tokens": 2, "completion_tokens": 4, "total_tokens": 6}
+    assert not any(c["choices"] == [] for c in chunks_of(body(batches, encoders)))
 
 
 def test_error_item_ends_the_stream_with_an_error_event():
-    encoder = ChunkEncoder("chatcmpl-x", 1, "m", include_usage=False)
     error = OpenAIError(502, "boom", type="server_error", code="upstream_error")
-    blocks = sse_payloads(encoder.render([(TEXT, "a"), (ERROR, error)]))
-    assert json.loads(blocks[1][6:]) == {"error": {"message": "boom", "type": "server_error", "param": None,
-                                                   "code": "upstream_error"}}
-    assert blocks[2] == "data: [DONE]"
+    blocks = body([(0, [(TEXT, "a"), (ERROR, error)]), (0, [(TEXT, "never sent")])], [ChatChunkEncoder("c", 1, "m")])
+    assert json.loads(blocks[-2][6:]) == {"error": {"message": "boom", "type": "server_error", "param": None,
+                                                    "code": "upstream_error"}}
+    assert blocks[-1] == "data: [DONE]" and "never sent" not in "".join(blocks)
 
 
-def test_builder_assembles_text_usage_and_replacement():
-    builder = ChatCompletionBuilder()
-    for item in [(TEXT, "Hel"), (TEXT, "lo"), PING_ITEM, (END, ("stop", {"prompt_tokens": 1, "completion_tokens": 2,
-                                                                           "total_tokens": 3}))]:
-        builder.add(*item)
-    body = builder.body("chatcmpl-x", 5, "m")
-    assert body["choices"][0]["message"]["content"] == "Hello"
-    assert body["choices"][0]["finish_reason"] == "stop" and body["usage"]["total_tokens"] == 3
-    moderated = ChatCompletionBuilder()
-    for item in [(TEXT, "bad"), (REPLACE, "[removed]"), (END, ("stop", None))]:
-        moderated.add(*item)
-    choice = moderated.body("c", 1, "m")["choices"][0]
-    assert choice["message"]["content"] == "[removed]" and choice["finish_reason"] == "content_filter"
+def test_text_completion_chunks_echo_and_finish():
+    blocks = body([(0, [(TEXT, " world"), (END, ("stop", None))])], [TextChunkEncoder("cmpl-x", 1, "m", 0, "hello")])
+    chunks = chunks_of(blocks)
+    assert [c["choices"][0]["text"] for c in chunks] == ["hello", " world", ""]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop" and chunks[0]["object"] == "text_completion"
 
 
-def test_builder_raises_errors():
+def test_collectors_assemble_text_usage_and_replacement():
+    usage = {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
+    collectors = [ChoiceCollector(), ChoiceCollector()]
+    total = collect([(0, [(TEXT, "Hel"), PING_ITEM]), (1, [(TEXT, "bad"), (REPLACE, "[removed]")]),
+                     (0, [(TEXT, "lo"), (END, ("stop", usage))]), (1, [(END, ("stop", usage))])], collectors,
+                    lambda: None)
+    completion = chat_completion_body("chatcmpl-x", 5, "m", collectors, total)
+    first, second = completion["choices"]
+    assert first["message"]["content"] == "Hello" and first["finish_reason"] == "stop" and first["index"] == 0
+    assert second["message"]["content"] == "[removed]" and second["finish_reason"] == "content_filter"
+    assert completion["usage"]["total_tokens"] == 6
+
+
+def test_collect_raises_errors_and_still_closes():
+    closed = []
     with pytest.raises(OpenAIError):
-        ChatCompletionBuilder().add(ERROR, OpenAIError(502, "x"))
+        collect([(0, [(ERROR, OpenAIError(502, "x"))])], [ChoiceCollector()], lambda: closed.append(True))
+    assert closed == [True]
+
+
+def test_workflow_text_outputs_and_usage():
+    translator = DifyEventTranslator("workflow")
+    items = translator.feed({"event": "workflow_finished", "task_id": "t", "data": {
+        "status": "succeeded", "outputs": {"result": "42", "score": 1}, "total_tokens": 7}})
+    assert items == [(TEXT, "42"), (END, ("stop", {"prompt_tokens": 0, "completion_tokens": 7, "total_tokens": 7}))]
+    streamed = DifyEventTranslator("workflow")
+    assert streamed.feed({"event": "text_chunk", "data": {"text": "4"}}) == [(TEXT, "4")]
+    assert [kind for kind, _ in streamed.feed({"event": "workflow_finished", "data": {
+        "status": "succeeded", "outputs": {"answer": "4"}}})] == [END]
+
+
+def test_outputs_text_choice():
+    assert outputs_text({"text": "a", "other": "b"}) == "a"
+    assert outputs_text({"only": "x", "n": 3}) == "x"
+    assert json.loads(outputs_text({"a": "x", "b": "y"})) == {"a": "x", "b": "y"}
+    assert outputs_text(None) == ""

@@ -1,0 +1,233 @@
+"""Output items -> OpenAI responses: SSE chunks for streams, one JSON body otherwise.
+
+A response has one or more choices (`n`, or one per prompt on /v1/completions); each has its
+own encoder (stream) or collector (non-stream). `sse_body` interleaves the choices' chunks
+and ends the stream; `collect` folds them for a JSON body. Chat and text completions differ
+only in the chunk and body shapes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol
+
+from services.errors import OpenAIError
+from services.translate import END, ERROR, PING, REPLACE, TEXT
+
+Item = tuple[str, Any]
+USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
+DONE = b"data: [DONE]\n\n"
+KEEPALIVE = b": ping\n\n"
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _json_text(text: str) -> bytes:
+    # "replace": a lone surrogate (valid in JSON escapes) cannot become UTF-8.
+    return json.dumps(text, ensure_ascii=False).encode("utf-8", "replace")
+
+
+def error_event(error: OpenAIError) -> bytes:
+    return b"data: " + _compact(error.body()).encode() + b"\n\n"
+
+
+def add_usage(total: dict[str, int], usage: dict[str, int] | None) -> None:
+    for key in USAGE_KEYS:
+        total[key] += (usage or {}).get(key, 0)
+
+
+class ChoiceEncoder(Protocol):
+    def opening(self) -> bytes: ...
+
+    def render(self, items: list[Item]) -> bytes: ...
+
+    def usage_chunk(self, usage: dict[str, int]) -> bytes: ...
+
+
+class _ChunkEncoder:
+    """Shared parts: the constant head (id, created, model) is encoded once, so a text delta
+    costs one json.dumps of the text."""
+
+    def __init__(self, head: dict[str, Any], index: int, text_key: bytes, text_close: bytes) -> None:
+        self._head = "data: " + _compact(head)[:-1] + ',"choices":'
+        self._index = index
+        self._text_prefix = (self._head + f'[{{"index":{index},').encode() + text_key
+        self._text_suffix = text_close + b',"logprobs":null,"finish_reason":null}]}\n\n'
+        self._replaced = False
+
+    def _choice(self, fields: dict[str, Any], finish_reason: str | None) -> bytes:
+        choice = {"index": self._index, **fields, "logprobs": None, "finish_reason": finish_reason}
+        return (self._head + _compact([choice]) + "}\n\n").encode()
+
+    def text(self, text: str) -> bytes:
+        return self._text_prefix + _json_text(text) + self._text_suffix
+
+    def finish(self, finish_reason: str) -> bytes:
+        raise NotImplementedError
+
+    def render(self, items: list[Item]) -> bytes:
+        """Chunks for a batch of one choice's items (END: its finish chunk; ERROR: the error event)."""
+        out = []
+        for kind, value in items:
+            if kind == TEXT:
+                out.append(self.text(value))
+            elif kind == PING:
+                out.append(KEEPALIVE)
+            elif kind == REPLACE:
+                # What was streamed cannot be taken back: the moderated text follows it.
+                self._replaced = True
+                out.append(self.text(value))
+            elif kind == END:
+                out.append(self.finish("content_filter" if self._replaced else value[0]))
+            elif kind == ERROR:
+                out.append(error_event(value))
+        return b"".join(out)
+
+    def usage_chunk(self, usage: dict[str, int]) -> bytes:
+        return (self._head + "[]," + _compact({"usage": usage})[1:] + "\n\n").encode()
+
+
+class ChatChunkEncoder(_ChunkEncoder):
+    """`chat.completion.chunk` events (clients.md 2.2)."""
+
+    def __init__(self, completion_id: str, created: int, model: str, index: int = 0) -> None:
+        head = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "system_fingerprint": None}
+        super().__init__(head, index, b'"delta":{"content":', b"}")
+
+    def opening(self) -> bytes:
+        return self._choice({"delta": {"role": "assistant", "content": ""}}, None)
+
+    def finish(self, finish_reason: str) -> bytes:
+        return self._choice({"delta": {}}, finish_reason)
+
+
+class TextChunkEncoder(_ChunkEncoder):
+    """`text_completion` events of /v1/completions (clients.md 3); `echo` repeats the prompt."""
+
+    def __init__(self, completion_id: str, created: int, model: str, index: int, echo: str = "") -> None:
+        super().__init__({"id": completion_id, "object": "text_completion", "created": created, "model": model},
+                         index, b'"text":', b"")
+        self._echo = echo
+
+    def opening(self) -> bytes:
+        return self.text(self._echo) if self._echo else b""
+
+    def finish(self, finish_reason: str) -> bytes:
+        return self._choice({"text": ""}, finish_reason)
+
+
+def sse_body(batches: Iterable[tuple[int, list[Item]]], encoders: list[ChoiceEncoder], include_usage: bool,
+             close: Callable[[], None]) -> Iterator[bytes]:
+    """The SSE body: every choice's chunks as they come; once all choices ended, the usage
+    chunk (only when asked: legacy code indexes choices[0] of every chunk) and [DONE]. An
+    error ends the whole stream with one error event and [DONE]. `close` runs at the end,
+    also when the client goes away."""
+    pending = set(range(len(encoders)))
+    usage = dict.fromkeys(USAGE_KEYS, 0)
+    try:
+        # The first write goes out at once: it carries the response headers.
+        yield b"".join(encoder.opening() for encoder in encoders) or KEEPALIVE
+        for index, items in batches:
+            out = encoders[index].render(items)
+            for kind, value in items:
+                if kind == END:
+                    pending.discard(index)
+                    add_usage(usage, value[1])
+                elif kind == ERROR:
+                    yield out + DONE
+                    return
+            if not pending:
+                yield out + (encoders[0].usage_chunk(usage) if include_usage else b"") + DONE
+                return
+            if out:
+                yield out
+    finally:
+        close()
+
+
+class ChoiceCollector:
+    """One choice of a non-streaming response: its text, finish reason and usage."""
+
+    def __init__(self, prefix: str = "") -> None:
+        self._parts: list[str] = [prefix] if prefix else []
+        self.finish_reason = "stop"
+        self.usage: dict[str, int] | None = None
+
+    def add(self, kind: str, value: Any) -> None:
+        if kind == TEXT:
+            self._parts.append(value)
+        elif kind == REPLACE:
+            self._parts = [value]
+            self.finish_reason = "content_filter"
+        elif kind == END:
+            finish_reason, self.usage = value
+            if self.finish_reason != "content_filter":
+                self.finish_reason = finish_reason
+        elif kind == ERROR:
+            raise value  # nothing was sent yet: the client gets a real HTTP error
+
+    @property
+    def text(self) -> str:
+        return "".join(self._parts)
+
+
+def collect(batches: Iterable[tuple[int, list[Item]]], collectors: list[ChoiceCollector],
+            close: Callable[[], None]) -> dict[str, int]:
+    """Fold every batch into its choice's collector; returns the summed usage."""
+    try:
+        for index, items in batches:
+            collector = collectors[index]
+            for kind, value in items:
+                collector.add(kind, value)
+    finally:
+        close()
+    usage = dict.fromkeys(USAGE_KEYS, 0)
+    for collector in collectors:
+        add_usage(usage, collector.usage)
+    return usage
+
+
+def chat_completion_body(completion_id: str, created: int, model: str, collectors: list[ChoiceCollector],
+                         usage: dict[str, int]) -> dict[str, Any]:
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "system_fingerprint": None,
+        "choices": [
+            {"index": index, "message": {"role": "assistant", "content": collector.text, "refusal": None},
+             "logprobs": None, "finish_reason": collector.finish_reason}
+            for index, collector in enumerate(collectors)
+        ],
+        "usage": usage,
+    }
+
+
+def text_completion_body(completion_id: str, created: int, model: str, collectors: list[ChoiceCollector],
+                         usage: dict[str, int]) -> dict[str, Any]:
+    return {
+        "id": completion_id,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {"text": collector.text, "index": index, "logprobs": None, "finish_reason": collector.finish_reason}
+            for index, collector in enumerate(collectors)
+        ],
+        "usage": usage,
+    }
