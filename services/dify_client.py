@@ -32,9 +32,13 @@ class DifyClient:
         # an app twice. Reads and statuses are never retried.
         retry = Retry(total=2, connect=2, read=False, status=0, other=0, redirect=0, backoff_factor=0.1,
                       allowed_methods=None, raise_on_status=False)
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=retry)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        self._adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=retry)
+        self.session.mount("http://", self._adapter)
+        self.session.mount("https://", self._adapter)
+        # Proxy and CA-bundle settings from the environment are read once here, not on every
+        # call (requests would rescan the environment and ~/.netrc each time).
+        options = self.session.merge_environment_settings(self.base_url, {}, None, None, None)
+        self._send_options = {name: options[name] for name in ("verify", "cert", "proxies")}
 
     def _headers(self, app_key: str) -> dict[str, str]:
         return {
@@ -48,10 +52,13 @@ class DifyClient:
                  timeout: float | None = None) -> requests.Response:
         body = None if payload is None else json.dumps(payload, ensure_ascii=False).encode()
         wait = timeout or self.timeout
+        # The request goes straight to the session's pooled adapter: the session's cookie,
+        # redirect and hook handling cost more CPU than the rest of the call, and Dify needs
+        # none of them.
+        prepared = requests.PreparedRequest()
+        prepared.prepare(method=method, url=self.base_url + path, headers=self._headers(app_key), data=body)
         try:
-            response = self.session.request(method, self.base_url + path, data=body, stream=stream,
-                                            headers=self._headers(app_key), timeout=(wait, wait),
-                                            allow_redirects=False)
+            response = self._adapter.send(prepared, stream=stream, timeout=(wait, wait), **self._send_options)
         except requests.exceptions.Timeout:
             raise upstream_timeout(f"{method} {path}") from None
         except requests.exceptions.RequestException as exc:
