@@ -35,6 +35,8 @@ class Settings:
     pool_size: int = 1000
     log_level: str = "INFO"
     max_choices: int = 8
+    think_tags: str = "reasoning"
+    agent_thoughts: str = "reasoning"
     model_aliases: tuple[tuple[str, str], ...] = ()
     default_model: str | None = None
 
@@ -87,6 +89,13 @@ def _integer(env: Mapping[str, str], name: str, default: int, *, minimum: int) -
 
 def _csv(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in env.get(name, "").split(",") if item.strip())
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = env.get(name, "").strip().lower() or default
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)} (got {value!r})")
+    return value
 
 
 def _aliases(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
@@ -165,6 +174,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         pool_size=_integer(env, "WORKER_CONNECTIONS", 1000, minimum=1),
         log_level=log_level,
         max_choices=_integer(env, "MAX_CHOICES", 8, minimum=1),
+        think_tags=_choice(env, "THINK_TAGS", "reasoning", ("reasoning", "content")),
+        agent_thoughts=_choice(env, "AGENT_THOUGHTS", "reasoning", ("reasoning", "tool_calls", "hidden")),
         model_aliases=_aliases(env),
         default_model=env.get("DEFAULT_MODEL", "").strip() or None,
     )

@@ -14,13 +14,15 @@ from flask import Blueprint, Response, g, jsonify, request
 
 from blueprints.edge import read_json
 from memory_modes import DifyTurn, MemoryMode
-from memory_modes.base import continuation_query
+from memory_modes.base import continuation_query, is_conversation_id
 from services.apps import DifyApp
 from services.auth import dify_user_for
 from services.dify_calls import dify_payload, dify_route
 from services.errors import OpenAIError, invalid_request
 from services.gateway import Gateway, current_gateway
 from services.openai_request import ChatRequest, parse_chat_request
+from services.pipeline import OutputPipeline
+from services.reasoning import AgentThoughts, ThinkSplitter
 from services.relay import ChatRelay, Item, merged_batches, prefetch_all, raise_first_refusal
 from services.render import (
     ChatChunkEncoder,
@@ -31,6 +33,7 @@ from services.render import (
     now,
     sse_body,
 )
+from services.tools import ToolCallParser, tool_instructions
 from services.translate import ERROR, DifyEventTranslator
 
 bp = Blueprint("chat", __name__)
@@ -74,10 +77,12 @@ def answer_chat(body: Any, model: str | None = None) -> Response:
     if not chat.stream:
         collectors = [ChoiceCollector() for _ in relays]
         usage = collect(batches, collectors, close)
-        response = jsonify(chat_completion_body(completion_id, created, chat.model, collectors, usage))
+        legacy = bool(chat.tools and chat.tools.legacy)
+        response = jsonify(chat_completion_body(completion_id, created, chat.model, collectors, usage, legacy))
         response.headers.update(headers)
         return response
-    encoders = [ChatChunkEncoder(completion_id, created, chat.model, index) for index in range(chat.n)]
+    legacy = bool(chat.tools and chat.tools.legacy)
+    encoders = [ChatChunkEncoder(completion_id, created, chat.model, index, legacy) for index in range(chat.n)]
     return Response(sse_body(batches, encoders, chat.include_usage, close), status=200,
                     headers={**STREAM_HEADERS, **headers}, content_type=SSE_CONTENT_TYPE)
 
@@ -86,6 +91,8 @@ def _first_turn(memory: MemoryMode, app: DifyApp, chat: ChatRequest, body: dict[
     """The Dify turn to send, and whether a vanished conversation may be replaced."""
     explicit_id = _requested_conversation_id(body) if app.has_conversations else None
     if explicit_id:
+        if not is_conversation_id(explicit_id):
+            raise conversation_not_found(explicit_id)
         if chat.n > 1:
             raise invalid_request("n > 1 cannot continue one Dify conversation; each choice is a new one.",
                                   param="n", code="invalid_value")
@@ -113,8 +120,7 @@ def _start(gateway: Gateway, memory: MemoryMode, app: DifyApp, dify_user: str, c
     if turn.conversation_id and _refused(prefetched[0], 404):
         relays[0].close()
         if not recoverable:
-            raise OpenAIError(404, f"Dify has no conversation `{turn.conversation_id}` for this app and user.",
-                              param="conversation_id", code="conversation_not_found")
+            raise conversation_not_found(turn.conversation_id)
         # The conversation is gone (another app or user, deleted): start over with the history.
         turn = memory.recover(chat.messages)
         relays = [_relay(gateway, memory, app, dify_user, chat, turn)]
@@ -125,11 +131,23 @@ def _start(gateway: Gateway, memory: MemoryMode, app: DifyApp, dify_user: str, c
 
 def _relay(gateway: Gateway, memory: MemoryMode, app: DifyApp, dify_user: str, chat: ChatRequest,
            turn: DifyTurn) -> ChatRelay:
-    payload = dify_payload(app, text=turn.query, conversation_id=turn.conversation_id, user=dify_user,
-                           inputs=chat.inputs)
-    translator = DifyEventTranslator(app.mode, partial(memory.reply_suffix, turn=turn))
+    settings = gateway.settings
+    text = f"{turn.query}\n\n{tool_instructions(chat.tools)}" if chat.tools else turn.query
+    payload = dify_payload(app, text=text, conversation_id=turn.conversation_id, user=dify_user, inputs=chat.inputs)
+    thoughts = None if settings.agent_thoughts == "hidden" else AgentThoughts(settings.agent_thoughts)
+    translator = DifyEventTranslator(app.mode, thoughts)
+    pipeline = OutputPipeline(
+        think=ThinkSplitter(keep_tags=settings.think_tags == "content"),
+        tools=ToolCallParser(chat.tools) if chat.tools else None,
+        suffix=lambda: memory.reply_suffix(translator.conversation_id, turn),
+    )
     open_stream = partial(gateway.dify.open_stream, app.key, dify_route(app), payload)
-    return ChatRelay(gateway.dify, app, dify_user, open_stream, gateway.settings.keepalive_interval, translator)
+    return ChatRelay(gateway.dify, app, dify_user, open_stream, settings.keepalive_interval, translator, pipeline)
+
+
+def conversation_not_found(conversation_id: str) -> OpenAIError:
+    return OpenAIError(404, f"Dify has no conversation `{conversation_id}` for this app and user.",
+                       param="conversation_id", code="conversation_not_found")
 
 
 def _refused(items: list[Item], status: int) -> bool:

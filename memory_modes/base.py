@@ -7,14 +7,24 @@ new conversation), and decides what the reply carries back (`reply_suffix`).
 
 from __future__ import annotations
 
-import json
+import re
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from services.content import content_text
 from services.errors import invalid_request
-from services.openai_request import INSTRUCTION_ROLES, content_text
+from services.openai_request import INSTRUCTION_ROLES
+from services.tools import call_names, render_tool_call_turn, render_tool_result_turn
 
 Messages = list[dict[str, Any]]
+
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
+
+
+def is_conversation_id(value: str) -> bool:
+    """Dify's conversation ids are UUIDs; Dify refuses anything else with a 400."""
+    return bool(_UUID.fullmatch(value))
 
 
 @dataclass(frozen=True)
@@ -59,46 +69,31 @@ def latest_user_text(messages: Messages) -> str:
 
 
 def stateless_query(messages: Messages) -> str:
-    """System prompt(s), a blank line, then the latest user turn (mode 0)."""
+    """System prompt(s), a blank line, then the latest user turn (mode 0), and the tool calls
+    and results that followed it when the client is answering the app's tool calls."""
     instructions = system_prompt(messages)
-    question = latest_user_text(messages)
-    return f"{instructions}\n\n{question}" if instructions else question
+    blocks = [instructions] if instructions else []
+    blocks.append(latest_user_text(messages))
+    blocks += _turn_blocks(messages[last_user_index(messages) + 1:], call_names(messages))
+    return "\n\n".join(blocks)
 
 
-def _arguments_text(arguments: Any) -> str:
-    """Call arguments as JSON text. OpenAI sends a JSON string, but some clients send the
-    object itself, which must not reach the model as a Python repr."""
-    if not arguments:
-        return "{}"
-    return arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
-
-
-def _tool_calls_text(message: dict[str, Any]) -> str:
-    calls = []
-    for call in message.get("tool_calls") or []:
-        function = call.get("function") or {}
-        calls.append(f"{function.get('name')}({_arguments_text(function.get('arguments'))}) [id {call.get('id')}]")
-    legacy = message.get("function_call")
-    if isinstance(legacy, dict):
-        calls.append(f"{legacy.get('name')}({_arguments_text(legacy.get('arguments'))})")
-    return "\n".join(calls)
-
-
-def _turn_block(message: dict[str, Any]) -> str:
+def _turn_block(message: dict[str, Any], names: dict[str, str]) -> str:
+    """One turn under its role label; tool calls and results in the tool-calling format the
+    model was taught (services.tools), so it recognises its own calls."""
     role = message["role"]
-    text = content_text(message.get("content")).strip()
     if role == "user":
-        return f"User:\n{text}"
+        return f"User:\n{content_text(message.get('content')).strip()}"
     if role == "assistant":
-        blocks = [f"Assistant:\n{text}"] if text else []
-        if calls := _tool_calls_text(message):
-            blocks.append(f"Assistant called tools:\n{calls}")
-        return "\n\n".join(blocks)
-    if role == "tool":
-        return f"Tool result [id {message.get('tool_call_id')}]:\n{text}"
-    if role == "function":
-        return f"Function result ({message.get('name')}):\n{text}"
+        text = render_tool_call_turn(message).strip()
+        return f"Assistant:\n{text}" if text else ""
+    if role in ("tool", "function"):
+        return render_tool_result_turn(message, names)
     return ""  # system and developer turns are gathered at the top
+
+
+def _turn_blocks(messages: Messages, names: dict[str, str]) -> list[str]:
+    return [block for message in messages if (block := _turn_block(message, names))]
 
 
 def fold_history(messages: Messages, *, with_system: bool = True) -> str:
@@ -109,12 +104,13 @@ def fold_history(messages: Messages, *, with_system: bool = True) -> str:
     tool results of the current turn).
     """
     current = last_user_index(messages)
+    names = call_names(messages)
     blocks = []
     if with_system and (instructions := system_prompt(messages)):
         blocks.append(f"System:\n{instructions}")
-    blocks += [block for message in messages[:current] if (block := _turn_block(message))]
+    blocks += _turn_blocks(messages[:current], names)
     blocks.append(f"Current question:\n{latest_user_text(messages)}")
-    blocks += [block for message in messages[current + 1:] if (block := _turn_block(message))]
+    blocks += _turn_blocks(messages[current + 1:], names)
     return "\n\n".join(blocks)
 
 
@@ -136,5 +132,5 @@ def continuation_query(messages: Messages) -> str:
     if not turns or (len(turns) == 1 and turns[0]["role"] == "user"):
         return latest_user_text(messages)
     if all(message["role"] != "user" for message in turns):
-        return "\n\n".join(_turn_block(message) for message in turns)
+        return "\n\n".join(_turn_blocks(turns, call_names(messages)))
     return fold_history(later, with_system=False)

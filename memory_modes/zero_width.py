@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 
-from memory_modes.base import DifyTurn, Messages, continuation_query, fold_history, stateless_query
-from services.openai_request import content_text
+from memory_modes.base import DifyTurn, Messages, continuation_query, fold_history, is_conversation_id, stateless_query
+from services.content import content_text
 
 DIGITS = "\u200b\u200c\u200d\ufeff\u2060\u180e\u2061\u2062"
 _DIGIT_VALUE = {char: value for value, char in enumerate(DIGITS)}
@@ -26,7 +25,6 @@ _B64_VALUE = {char: value for value, char in enumerate(_ALPHABET)}
 # Digits in an encoding, modulo 8, by the number of `=` pads: 4k characters of which p are
 # padding give 2 * (4k - p) + p digits.
 _PADDING_BY_LENGTH = {0: 0, 7: 1, 6: 2}
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
 
 
 def encode_id(conversation_id: str) -> str:
@@ -54,32 +52,54 @@ def _decode_digits(digits: str) -> str | None:
     return decoded if decoded.isprintable() and decoded else None
 
 
-def decode_id(text: str) -> str | None:
-    """The id encoded in the trailing run of zero-width digits of `text` (trailing white
-    space allowed), or None. A run may start with zero-width characters that belong to the
-    text itself, so shorter suffixes of the run are tried too."""
+def _trailing_id(text: str) -> tuple[str, int] | None:
+    """(id, index in `text` where its encoding starts) for the trailing run of zero-width
+    digits of `text` (trailing white space allowed), or None. A run may start with
+    zero-width characters that belong to the text itself, so shorter suffixes of the run are
+    tried too."""
     text = text.rstrip()
     start = len(text)
     while start > 0 and text[start - 1] in _DIGIT_VALUE:
         start -= 1
     run = text[start:]
-    candidates = [decoded for offset in range(len(run) - 5) if (decoded := _decode_digits(run[offset:]))]
+    candidates = [(decoded, start + offset) for offset in range(len(run) - 5)
+                  if (decoded := _decode_digits(run[offset:]))]
     # Dify's ids are UUIDs: prefer a reading that is one.
-    return next((candidate for candidate in candidates if _UUID.fullmatch(candidate)), None) or (
+    return next((candidate for candidate in candidates if is_conversation_id(candidate[0])), None) or (
         candidates[0] if candidates else None)
+
+
+def decode_id(text: str) -> str | None:
+    """The id encoded at the end of `text`, or None (see `_trailing_id`)."""
+    found = _trailing_id(text)
+    return found[0] if found else None
+
+
+def without_ids(messages: Messages) -> Messages:
+    """The messages with the encoded ids cut off the assistant turns: they are the gateway's
+    bookkeeping, not words of the conversation, and must not reach the model when the
+    history is folded into a query."""
+    cleaned = []
+    for message in messages:
+        text = content_text(message.get("content")) if message["role"] == "assistant" else ""
+        found = _trailing_id(text)
+        cleaned.append({**message, "content": text[:found[1]]} if found else message)
+    return cleaned
 
 
 def find_conversation(messages: Messages) -> tuple[str, int] | None:
     """(conversation id, index of the assistant message carrying it), newest first.
 
     Only the first reply of a conversation carries the id, so the newest assistant
-    message that has one is usually not the newest assistant message.
+    message that has one is usually not the newest assistant message. Dify's conversation
+    ids are UUIDs and Dify refuses anything else with a 400, which would fail every later
+    turn of the chat (no 404, so no starting over): other readings are not ids.
     """
     for index in range(len(messages) - 1, -1, -1):
         message = messages[index]
         if message["role"] == "assistant":
             conversation_id = decode_id(content_text(message.get("content")))
-            if conversation_id:
+            if conversation_id and is_conversation_id(conversation_id):
                 return conversation_id, index
     return None
 
@@ -98,7 +118,7 @@ class ZeroWidthMode:
 
     def recover(self, messages: Messages) -> DifyTurn:
         """A new Dify conversation that starts with the whole history folded in."""
-        return DifyTurn(query=fold_history(messages))
+        return DifyTurn(query=fold_history(without_ids(messages)))
 
     def reply_suffix(self, conversation_id: str | None, turn: DifyTurn) -> str:
         if conversation_id and turn.conversation_id is None:

@@ -1,4 +1,4 @@
-"""Validation of OpenAI chat requests, and flattening of message content to text.
+"""Validation of OpenAI chat requests.
 
 Clients send many fields OpenDify does not use (clients.md rule 8): unknown fields and
 explicit nulls are accepted and ignored. What OpenDify does use is checked here, and a bad
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.errors import invalid_request
+from services.tools import ToolRequest, parse_tool_request
 
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 INSTRUCTION_ROLES = {"system", "developer"}
@@ -25,6 +26,7 @@ class ChatRequest:
     user: str | None
     inputs: dict[str, Any]  # Dify app inputs (e.g. openai SDK extra_body={"inputs": {...}})
     n: int = 1
+    tools: ToolRequest | None = None  # tools/functions offered to the app, if any
 
 
 def _optional(body: dict[str, Any], name: str, kind: type | tuple[type, ...], label: str) -> Any:
@@ -71,6 +73,7 @@ def parse_chat_request(body: Any, model: str | None = None, max_choices: int = 1
         user=user.strip() or None if user else None,
         inputs=inputs,
         n=choice_count(body, max_choices),
+        tools=parse_tool_request(body),
     )
 
 
@@ -102,15 +105,3 @@ def _check_message(message: Any, index: int) -> None:
         if part["type"] == "text" and not isinstance(part.get("text"), str):
             raise invalid_request(f"'{where}.content[{part_index}].text' must be a string.",
                                   param=f"{where}.content[{part_index}].text", code="invalid_type")
-
-
-def content_text(content: Any) -> str:
-    """The text of a message's content: a string, or its text parts joined by newlines.
-
-    Parts that are not text (images, files, audio, unknown types) contribute no text.
-    """
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    return "\n".join(part["text"] for part in content if part.get("type") == "text" and part.get("text"))

@@ -22,6 +22,7 @@ from gevent.queue import Queue
 from services.apps import DifyApp
 from services.dify_client import DifyClient
 from services.errors import OpenAIError
+from services.pipeline import OutputPipeline
 from services.translate import ERROR, PING, PING_ITEM, DifyEventTranslator
 from services.upstream import UpstreamStream
 
@@ -30,13 +31,15 @@ Item = tuple[str, Any]
 
 class ChatRelay:
     def __init__(self, client: DifyClient, app: DifyApp, dify_user: str, open_response: Callable[[], requests.Response],
-                 keepalive_interval: float, translator: DifyEventTranslator) -> None:
+                 keepalive_interval: float, translator: DifyEventTranslator,
+                 pipeline: OutputPipeline | None = None) -> None:
         self._client = client
         self._app = app
         self._dify_user = dify_user
         self._upstream = UpstreamStream(open_response)
         self._keepalive = keepalive_interval
         self.translator = translator
+        self._pipeline = pipeline if pipeline is not None and pipeline.active else None
         self._done = False
 
     def _next_batch(self, timeout: float) -> list[Item]:
@@ -44,21 +47,22 @@ class ChatRelay:
             events = self._upstream.read(timeout)
         except OpenAIError as exc:
             self._done = True
-            return [(ERROR, exc)]
-        if events is None:
-            items = self.translator.feed_eof()
-        elif not events:
-            return [PING_ITEM]
+            items = [(ERROR, exc)]
         else:
-            items = []
-            feed = self.translator.feed
-            for event in events:
-                items += feed(event)
-                if self.translator.finished:
-                    break
-        if self.translator.finished:
-            self._done = True
-        return items
+            if events is None:
+                items = self.translator.feed_eof()
+            elif not events:
+                return [PING_ITEM]
+            else:
+                items = []
+                feed = self.translator.feed
+                for event in events:
+                    items += feed(event)
+                    if self.translator.finished:
+                        break
+            if self.translator.finished:
+                self._done = True
+        return self._pipeline.process(items) if self._pipeline and items else items
 
     def prefetch(self, wait: float) -> list[Item]:
         """Items up to the first one that is not a keep-alive, waiting at most `wait` s.

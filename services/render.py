@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 from services.errors import OpenAIError
+from services.reasoning import AGENT_TOOL_CALL, AGENT_TOOL_RESULT, REASONING
+from services.tools import TOOL_CALL
 from services.translate import END, ERROR, PING, REPLACE, TEXT
 
 Item = tuple[str, Any]
@@ -94,25 +96,65 @@ class _ChunkEncoder:
                 out.append(self.finish("content_filter" if self._replaced else value[0]))
             elif kind == ERROR:
                 out.append(error_event(value))
+            else:
+                out.append(self.extra(kind, value))
         return b"".join(out)
+
+    def extra(self, kind: str, value: Any) -> bytes:
+        """Chunks for item kinds this response shape does not carry: none."""
+        return b""
 
     def usage_chunk(self, usage: dict[str, int]) -> bytes:
         return (self._head + "[]," + _compact({"usage": usage})[1:] + "\n\n").encode()
 
 
 class ChatChunkEncoder(_ChunkEncoder):
-    """`chat.completion.chunk` events (clients.md 2.2)."""
+    """`chat.completion.chunk` events (clients.md 2.2), with reasoning and tool calls."""
 
-    def __init__(self, completion_id: str, created: int, model: str, index: int = 0) -> None:
+    def __init__(self, completion_id: str, created: int, model: str, index: int = 0,
+                 legacy_functions: bool = False) -> None:
         head = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
                 "system_fingerprint": None}
         super().__init__(head, index, b'"delta":{"content":', b"}")
+        self._legacy_functions = legacy_functions
+        self._tool_calls = 0
 
     def opening(self) -> bytes:
         return self._choice({"delta": {"role": "assistant", "content": ""}}, None)
 
     def finish(self, finish_reason: str) -> bytes:
         return self._choice({"delta": {}}, finish_reason)
+
+    def extra(self, kind: str, value: Any) -> bytes:
+        if kind == REASONING:
+            return self._choice({"delta": {"reasoning_content": value}}, None)
+        if kind == TOOL_CALL:
+            return self._tool_call(value.id, value.name, value.arguments, self._legacy_functions)
+        if kind == AGENT_TOOL_CALL:  # already run on Dify: shown, never a call to make
+            return self._tool_call(value["id"], value["name"], value["arguments"], False)
+        if kind == AGENT_TOOL_RESULT:
+            return self._choice({"delta": {"reasoning_content": agent_result_text(value)}}, None)
+        return b""
+
+    def _tool_call(self, call_id: str, name: str, arguments: str, legacy: bool) -> bytes:
+        """A call as clients.md rule 7 requires: a first delta with index, id, type, name and
+        empty arguments, then one delta with only the index and the arguments; one call per
+        delta (NextChat reads only tool_calls[0])."""
+        if legacy:  # `function_call` holds one call: the first one wins
+            if self._tool_calls:
+                return b""
+            self._tool_calls = 1
+            return (self._choice({"delta": {"function_call": {"name": name, "arguments": ""}}}, None)
+                    + self._choice({"delta": {"function_call": {"arguments": arguments}}}, None))
+        index, self._tool_calls = self._tool_calls, self._tool_calls + 1
+        first = {"index": index, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}
+        return (self._choice({"delta": {"tool_calls": [first]}}, None)
+                + self._choice({"delta": {"tool_calls": [{"index": index, "function": {"arguments": arguments}}]}},
+                               None))
+
+
+def agent_result_text(result: dict[str, Any]) -> str:
+    return f"{result['name']} returned: {result['content']}\n"
 
 
 class TextChunkEncoder(_ChunkEncoder):
@@ -160,16 +202,27 @@ def sse_body(batches: Iterable[tuple[int, list[Item]]], encoders: list[ChoiceEnc
 
 
 class ChoiceCollector:
-    """One choice of a non-streaming response: its text, finish reason and usage."""
+    """One choice of a non-streaming response: its text, reasoning, tool calls, finish
+    reason and usage."""
 
     def __init__(self, prefix: str = "") -> None:
         self._parts: list[str] = [prefix] if prefix else []
+        self._reasoning: list[str] = []
+        self.tool_calls: list[dict[str, Any]] = []
         self.finish_reason = "stop"
         self.usage: dict[str, int] | None = None
 
     def add(self, kind: str, value: Any) -> None:
         if kind == TEXT:
             self._parts.append(value)
+        elif kind == REASONING:
+            self._reasoning.append(value)
+        elif kind == TOOL_CALL:
+            self.tool_calls.append(_call_object(value.id, value.name, value.arguments))
+        elif kind == AGENT_TOOL_CALL:
+            self.tool_calls.append(_call_object(value["id"], value["name"], value["arguments"]))
+        elif kind == AGENT_TOOL_RESULT:
+            self._reasoning.append(agent_result_text(value))
         elif kind == REPLACE:
             self._parts = [value]
             self.finish_reason = "content_filter"
@@ -183,6 +236,27 @@ class ChoiceCollector:
     @property
     def text(self) -> str:
         return "".join(self._parts)
+
+    @property
+    def reasoning(self) -> str:
+        return "".join(self._reasoning)
+
+    def chat_message(self, legacy_functions: bool) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": self.text, "refusal": None}
+        if self.reasoning:
+            message["reasoning_content"] = self.reasoning
+        if self.tool_calls:
+            if not self.text.strip():
+                message["content"] = None  # OpenAI's shape for a message that only calls tools
+            if legacy_functions:
+                message["function_call"] = self.tool_calls[0]["function"]
+            else:
+                message["tool_calls"] = self.tool_calls
+        return message
+
+
+def _call_object(call_id: str, name: str, arguments: str) -> dict[str, Any]:
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
 
 
 def collect(batches: Iterable[tuple[int, list[Item]]], collectors: list[ChoiceCollector],
@@ -202,7 +276,7 @@ def collect(batches: Iterable[tuple[int, list[Item]]], collectors: list[ChoiceCo
 
 
 def chat_completion_body(completion_id: str, created: int, model: str, collectors: list[ChoiceCollector],
-                         usage: dict[str, int]) -> dict[str, Any]:
+                         usage: dict[str, int], legacy_functions: bool = False) -> dict[str, Any]:
     return {
         "id": completion_id,
         "object": "chat.completion",
@@ -210,8 +284,8 @@ def chat_completion_body(completion_id: str, created: int, model: str, collector
         "model": model,
         "system_fingerprint": None,
         "choices": [
-            {"index": index, "message": {"role": "assistant", "content": collector.text, "refusal": None},
-             "logprobs": None, "finish_reason": collector.finish_reason}
+            {"index": index, "message": collector.chat_message(legacy_functions), "logprobs": None,
+             "finish_reason": collector.finish_reason}
             for index, collector in enumerate(collectors)
         ],
         "usage": usage,

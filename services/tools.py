@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from services.content import content_text
 from services.errors import invalid_request
 from services.translate import TEXT
 
@@ -234,29 +235,6 @@ def _trim_schema(node: Any) -> Any:
             value = _trim_schema(value)
         trimmed[key] = value
     return trimmed
-
-
-def content_text(content: Any) -> str:
-    """Message content as text: a string, or the text parts of a list joined by newlines.
-
-    Non-text parts (images, files) add nothing; other values become JSON, never a Python repr.
-    """
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        texts = [_part_text(part) for part in content]
-        return "\n".join(text for text in texts if text)
-    return _compact(content)
-
-
-def _part_text(part: Any) -> str:
-    if isinstance(part, str):
-        return part
-    if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
-        return part["text"]
-    return ""
 
 
 def render_tool_call_turn(message: dict) -> str:

@@ -9,10 +9,10 @@ renderings.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
 from services.errors import from_dify_error, server_error
+from services.reasoning import AgentThoughts
 
 # Output items are (kind, value) tuples: cheap on the per-event hot path.
 TEXT = "text"  # value: text to append
@@ -53,10 +53,10 @@ def outputs_text(outputs: Any) -> str:
 class DifyEventTranslator:
     """State of one Dify stream, for every app mode."""
 
-    def __init__(self, app_mode: str, end_text: Callable[[str | None], str] | None = None) -> None:
-        """`end_text(conversation_id)` is appended to the answer when it ends normally."""
+    def __init__(self, app_mode: str, thoughts: AgentThoughts | None = None) -> None:
+        """`thoughts` renders agent apps' tool steps (None: they are not shown)."""
         self.app_mode = app_mode
-        self._end_text = end_text
+        self._thoughts = thoughts
         self.task_id: str | None = None
         self.conversation_id: str | None = None
         self.usage: dict[str, int] | None = None
@@ -77,6 +77,8 @@ class DifyEventTranslator:
             return self._text(name, answer)
         if name == "ping":
             return [PING_ITEM]
+        if name == "agent_thought":
+            return self._thoughts.feed(event) if self._thoughts else []
         if name == "text_chunk":  # workflow apps stream End-node text this way
             return self._text(name, (event.get("data") or {}).get("text"))
         if name == "text_replace":
@@ -125,9 +127,7 @@ class DifyEventTranslator:
         if self.finished:
             return []
         self.finished = True
-        suffix = self._end_text(self.conversation_id) if self._end_text else ""
-        end = (END, (finish_reason, self.usage))
-        return [(TEXT, suffix), end] if suffix else [end]
+        return [(END, (finish_reason, self.usage))]
 
     def feed_eof(self) -> list[tuple[str, Any]]:
         """The body ended: fine after a terminal event, an error item otherwise."""

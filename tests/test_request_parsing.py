@@ -4,8 +4,9 @@ import pytest
 
 from memory_modes.stateless import StatelessMode
 from services.auth import dify_user_for, key_is_valid, presented_key
+from services.content import content_text
 from services.errors import OpenAIError, from_dify_error
-from services.openai_request import content_text, parse_chat_request
+from services.openai_request import parse_chat_request
 
 
 def parse_error(body) -> OpenAIError:

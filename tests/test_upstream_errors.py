@@ -102,31 +102,32 @@ def test_stall_mid_stream_ends_with_a_timeout_error_event(start_gateway):
     assert json.loads(lines[-2][6:])["error"]["code"] == "upstream_timeout" and lines[-1] == "data: [DONE]"
 
 
-def wait_for(condition, seconds: float = 10.0):
+def wait_for(condition, seconds: float = 10.0, what: str = "condition"):
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
         time.sleep(0.05)
-    raise AssertionError("condition not met in time")
+    raise AssertionError(f"{what}: not met within {seconds} s")
 
 
 def test_client_disconnect_closes_upstream_and_calls_dify_stop(gateway, recorded):
     body = json.dumps(chat_body("leave", never_end=True, ping_interval_s=0.2)).encode()
+    before = set(recorded.streams()["active_tasks"])  # streams of earlier tests may still be winding down
     sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
     sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + CLIENT_KEY.encode()
                  + b"\r\nContent-Type: application/json\r\nContent-Length: " + str(len(body)).encode()
                  + b"\r\n\r\n" + body)
-    before = set(recorded.streams()["active_tasks"])
     assert b"200 OK" in sock.recv(65536)
-    [task_id] = wait_for(lambda: set(recorded.streams()["active_tasks"]) - before)
+    [task_id] = wait_for(lambda: set(recorded.streams()["active_tasks"]) - before, what="new Dify stream")
     sock.close()
-    [stop] = wait_for(lambda: [stop for stop in recorded.stops() if stop["task_id"] == task_id])
+    [stop] = wait_for(lambda: [stop for stop in recorded.stops() if stop["task_id"] == task_id],
+                      what=f"stop call for {task_id} (stops: {recorded.stops()})")
     assert stop["path"] == f"/v1/chat-messages/{task_id}/stop"
     [call] = [record for record in recorded.requests() if record["path"] == "/v1/chat-messages"]
     assert stop["user"] == call["json"]["user"] and stop["app_key"] == "app-demo-chat"
-    wait_for(lambda: task_id not in recorded.streams()["active_tasks"])
+    wait_for(lambda: task_id not in recorded.streams()["active_tasks"], what="upstream stream ended")
 
 
 def test_finished_streams_call_no_stop(client, recorded):
