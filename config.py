@@ -35,6 +35,7 @@ class Settings:
     pool_size: int = 1000
     log_level: str = "INFO"
     max_choices: int = 8
+    max_upload_bytes: int = 10 * 1024 * 1024
     think_tags: str = "reasoning"
     agent_thoughts: str = "reasoning"
     model_aliases: tuple[tuple[str, str], ...] = ()
@@ -174,6 +175,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         pool_size=_integer(env, "WORKER_CONNECTIONS", 1000, minimum=1),
         log_level=log_level,
         max_choices=_integer(env, "MAX_CHOICES", 8, minimum=1),
+        max_upload_bytes=int(_number(env, "MAX_UPLOAD_MB", 10, minimum=0.001) * 1024 * 1024),
         think_tags=_choice(env, "THINK_TAGS", "reasoning", ("reasoning", "content")),
         agent_thoughts=_choice(env, "AGENT_THOUGHTS", "reasoning", ("reasoning", "tool_calls", "hidden")),
         model_aliases=_aliases(env),

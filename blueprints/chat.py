@@ -14,11 +14,12 @@ from flask import Blueprint, Response, g, jsonify, request
 
 from blueprints.edge import read_json
 from memory_modes import DifyTurn, MemoryMode
-from memory_modes.base import continuation_query, is_conversation_id
+from memory_modes.base import after_newest_assistant, continuation_query, is_conversation_id
 from services.apps import DifyApp
 from services.auth import dify_user_for
 from services.dify_calls import dify_payload, dify_route
 from services.errors import OpenAIError, invalid_request
+from services.files import dify_files
 from services.gateway import Gateway, current_gateway
 from services.openai_request import ChatRequest, parse_chat_request
 from services.pipeline import OutputPipeline
@@ -96,7 +97,8 @@ def _first_turn(memory: MemoryMode, app: DifyApp, chat: ChatRequest, body: dict[
         if chat.n > 1:
             raise invalid_request("n > 1 cannot continue one Dify conversation; each choice is a new one.",
                                   param="n", code="invalid_value")
-        return DifyTurn(query=continuation_query(chat.messages), conversation_id=explicit_id), False
+        return DifyTurn(query=continuation_query(chat.messages), conversation_id=explicit_id,
+                        files_from=after_newest_assistant(chat.messages)), False
     turn = memory.prepare(chat.messages)
     if chat.n > 1 and turn.conversation_id:
         turn = memory.recover(chat.messages)  # n parallel runs cannot share one conversation
@@ -115,7 +117,8 @@ def _start(gateway: Gateway, memory: MemoryMode, app: DifyApp, dify_user: str, c
            recoverable: bool) -> tuple[DifyTurn, list[ChatRelay], list[list[Item]]]:
     """Start one Dify stream per choice and wait (at most FIRST_EVENT_WAIT) for each one's
     first event or refusal, so a failure before the first token is a real HTTP status."""
-    relays = [_relay(gateway, memory, app, dify_user, chat, turn) for _ in range(chat.n)]
+    files = _files(gateway, app, dify_user, chat, turn)
+    relays = [_relay(gateway, memory, app, dify_user, chat, turn, files) for _ in range(chat.n)]
     prefetched = prefetch_all(relays, gateway.settings.first_event_wait)
     if turn.conversation_id and _refused(prefetched[0], 404):
         relays[0].close()
@@ -123,17 +126,25 @@ def _start(gateway: Gateway, memory: MemoryMode, app: DifyApp, dify_user: str, c
             raise conversation_not_found(turn.conversation_id)
         # The conversation is gone (another app or user, deleted): start over with the history.
         turn = memory.recover(chat.messages)
-        relays = [_relay(gateway, memory, app, dify_user, chat, turn)]
+        relays = [_relay(gateway, memory, app, dify_user, chat, turn, _files(gateway, app, dify_user, chat, turn))]
         prefetched = prefetch_all(relays, gateway.settings.first_event_wait)
     raise_first_refusal(relays, prefetched)
     return turn, relays, prefetched
 
 
+def _files(gateway: Gateway, app: DifyApp, dify_user: str, chat: ChatRequest, turn: DifyTurn) -> list[dict[str, Any]]:
+    """Dify file references for the turn's images, documents and audio (uploaded once, even
+    for several choices)."""
+    upload = partial(gateway.dify.upload, app.key, dify_user)
+    return dify_files(chat.messages, turn.files_from, upload, gateway.settings.max_upload_bytes)
+
+
 def _relay(gateway: Gateway, memory: MemoryMode, app: DifyApp, dify_user: str, chat: ChatRequest,
-           turn: DifyTurn) -> ChatRelay:
+           turn: DifyTurn, files: list[dict[str, Any]]) -> ChatRelay:
     settings = gateway.settings
     text = f"{turn.query}\n\n{tool_instructions(chat.tools)}" if chat.tools else turn.query
-    payload = dify_payload(app, text=text, conversation_id=turn.conversation_id, user=dify_user, inputs=chat.inputs)
+    payload = dify_payload(app, text=text, conversation_id=turn.conversation_id, user=dify_user, inputs=chat.inputs,
+                           files=files)
     thoughts = None if settings.agent_thoughts == "hidden" else AgentThoughts(settings.agent_thoughts)
     translator = DifyEventTranslator(app.mode, thoughts)
     pipeline = OutputPipeline(

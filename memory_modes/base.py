@@ -31,6 +31,9 @@ def is_conversation_id(value: str) -> bool:
 class DifyTurn:
     query: str
     conversation_id: str | None = None
+    # The files (images, documents, audio) of the user messages from this index on go with
+    # the turn: those of the messages the query covers.
+    files_from: int = 0
 
 
 class MemoryMode(Protocol):
@@ -121,13 +124,17 @@ def history_query(messages: Messages) -> str:
     return fold_history(messages) if has_history or has_tool_turns else stateless_query(messages)
 
 
+def after_newest_assistant(messages: Messages) -> int:
+    """The index just after the newest assistant message (0 when there is none)."""
+    return max((index + 1 for index, message in enumerate(messages) if message["role"] == "assistant"), default=0)
+
+
 def continuation_query(messages: Messages) -> str:
     """The turns after the newest assistant message, for a Dify conversation that already
     holds everything before it: the user's text alone when that is all there is, the tool
     results alone when the client answers the assistant's tool calls (there is no new user
     turn then, and the last one is already in the conversation)."""
-    newest_assistant = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=-1)
-    later = messages[newest_assistant + 1:]
+    later = messages[after_newest_assistant(messages):]
     turns = [message for message in later if message["role"] not in INSTRUCTION_ROLES]
     if not turns or (len(turns) == 1 and turns[0]["role"] == "user"):
         return latest_user_text(messages)

@@ -11,7 +11,7 @@ class HistoryMode:
     number = 1
 
     def prepare(self, messages: Messages) -> DifyTurn:
-        return DifyTurn(query=history_query(messages))
+        return DifyTurn(query=history_query(messages))  # a new conversation: every file goes along
 
     def recover(self, messages: Messages) -> DifyTurn:
         return self.prepare(messages)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from memory_modes.base import DifyTurn, Messages, stateless_query
+from memory_modes.base import DifyTurn, Messages, last_user_index, stateless_query
 
 
 class StatelessMode:
     number = 0
 
     def prepare(self, messages: Messages) -> DifyTurn:
-        return DifyTurn(query=stateless_query(messages))
+        return DifyTurn(query=stateless_query(messages), files_from=last_user_index(messages))
 
     def recover(self, messages: Messages) -> DifyTurn:
         return self.prepare(messages)

@@ -15,7 +15,16 @@ from __future__ import annotations
 import base64
 import binascii
 
-from memory_modes.base import DifyTurn, Messages, continuation_query, fold_history, is_conversation_id, stateless_query
+from memory_modes.base import (
+    DifyTurn,
+    Messages,
+    after_newest_assistant,
+    continuation_query,
+    fold_history,
+    is_conversation_id,
+    last_user_index,
+    stateless_query,
+)
 from services.content import content_text
 
 DIGITS = "\u200b\u200c\u200d\ufeff\u2060\u180e\u2061\u2062"
@@ -111,10 +120,11 @@ class ZeroWidthMode:
         found = find_conversation(messages)
         if found is not None:
             # Dify holds every turn up to the newest assistant reply: send what came after.
-            return DifyTurn(query=continuation_query(messages), conversation_id=found[0])
+            return DifyTurn(query=continuation_query(messages), conversation_id=found[0],
+                            files_from=after_newest_assistant(messages))
         if any(message["role"] == "assistant" for message in messages):
             return self.recover(messages)  # a history without an id (started elsewhere)
-        return DifyTurn(query=stateless_query(messages))
+        return DifyTurn(query=stateless_query(messages), files_from=last_user_index(messages))
 
     def recover(self, messages: Messages) -> DifyTurn:
         """A new Dify conversation that starts with the whole history folded in."""

@@ -21,13 +21,15 @@ def dify_route(app: DifyApp) -> str:
     return "/chat-messages"
 
 
-def dify_payload(app: DifyApp, *, text: str, conversation_id: str | None, user: str,
-                 inputs: dict[str, Any]) -> dict[str, Any]:
+def dify_payload(app: DifyApp, *, text: str, conversation_id: str | None, user: str, inputs: dict[str, Any],
+                 files: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     payload: dict[str, Any] = {
         "inputs": app.inputs_for(inputs, text),
         "response_mode": "streaming",
         "user": user,
     }
+    if files:
+        payload["files"] = files
     if app.mode == "workflow":
         return payload
     payload["query"] = text

@@ -16,6 +16,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from services.errors import OpenAIError, from_dify_error, server_error, upstream_timeout, upstream_unreachable
+from services.files import Upload
 
 log = logging.getLogger(__name__)
 
@@ -40,23 +41,22 @@ class DifyClient:
         options = self.session.merge_environment_settings(self.base_url, {}, None, None, None)
         self._send_options = {name: options[name] for name in ("verify", "cert", "proxies")}
 
-    def _headers(self, app_key: str) -> dict[str, str]:
-        return {
-            "Authorization": f"Bearer {app_key}",
-            "Content-Type": "application/json",
-            # Compressed SSE would be buffered by the decompressor.
-            "Accept-Encoding": "identity",
-        }
-
     def _request(self, method: str, app_key: str, path: str, *, payload: Any = None, stream: bool = False,
-                 timeout: float | None = None) -> requests.Response:
-        body = None if payload is None else json.dumps(payload, ensure_ascii=False).encode()
+                 timeout: float | None = None, files: dict[str, Any] | None = None,
+                 form: dict[str, str] | None = None) -> requests.Response:
+        # Compressed SSE would be buffered by the decompressor.
+        headers = {"Authorization": f"Bearer {app_key}", "Accept-Encoding": "identity"}
+        if files is None:
+            headers["Content-Type"] = "application/json"
+            body: Any = None if payload is None else json.dumps(payload, ensure_ascii=False).encode()
+        else:
+            body = form  # multipart: requests writes the Content-Type with its boundary
         wait = timeout or self.timeout
         # The request goes straight to the session's pooled adapter: the session's cookie,
         # redirect and hook handling cost more CPU than the rest of the call, and Dify needs
         # none of them.
         prepared = requests.PreparedRequest()
-        prepared.prepare(method=method, url=self.base_url + path, headers=self._headers(app_key), data=body)
+        prepared.prepare(method=method, url=self.base_url + path, headers=headers, data=body, files=files)
         try:
             response = self._adapter.send(prepared, stream=stream, timeout=(wait, wait), **self._send_options)
         except requests.exceptions.Timeout:
@@ -86,6 +86,18 @@ class DifyClient:
             kind = content_type or "no content type"
             raise server_error(f"Dify answered {path} with {kind} instead of an event stream", 502, "upstream_error")
         return response
+
+    def upload(self, app_key: str, user: str, upload: Upload) -> str:
+        """POST /files/upload (multipart, with the chat's `user`, who will own the file)."""
+        response = self._request("POST", app_key, "/files/upload", form={"user": user},
+                                 files={"file": (upload.filename, upload.data, upload.mime_type)})
+        try:
+            file_id = response.json().get("id")
+        except (ValueError, AttributeError):
+            file_id = None
+        if not isinstance(file_id, str):
+            raise server_error("Dify answered /files/upload without a file id", 502, "upstream_error")
+        return file_id
 
     def refusal_code(self, app_key: str, path: str, payload: dict[str, Any]) -> str | None:
         """Dify's error code for a call that is expected to be refused (None if accepted)."""

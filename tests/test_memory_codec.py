@@ -135,7 +135,8 @@ def test_content_given_as_parts_is_searched():
         messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": content},
                     {"role": "user", "content": "next"}]
         assert find_conversation(messages) == (conversation_id, 1)
-        assert ZeroWidthMode().prepare(messages) == DifyTurn(query="next", conversation_id=conversation_id)
+        assert ZeroWidthMode().prepare(messages) == DifyTurn(query="next", conversation_id=conversation_id,
+                                                             files_from=2)
 
 
 def test_newest_assistant_message_with_an_id_wins():
@@ -152,7 +153,8 @@ def test_newest_assistant_message_with_an_id_wins():
     ]
     assert find_conversation(messages) == (second, 4)
     # Dify already holds every turn up to the newest reply: only the new question goes.
-    assert ZeroWidthMode().prepare(messages) == DifyTurn(query="q4", conversation_id=second)
+    # Files go along from the messages after the newest reply only.
+    assert ZeroWidthMode().prepare(messages) == DifyTurn(query="q4", conversation_id=second, files_from=7)
 
 
 def test_ids_in_user_messages_are_ignored():
@@ -178,7 +180,7 @@ def test_readings_that_are_not_uuids_are_not_conversation_ids():
 def test_zero_width_mode_turns():
     mode = ZeroWidthMode()
     first = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "q1"}]
-    assert mode.prepare(first) == DifyTurn(query="Be brief.\n\nq1")
+    assert mode.prepare(first) == DifyTurn(query="Be brief.\n\nq1", files_from=1)
     # A history without an id (started in another mode or gateway) starts over, folded.
     foreign = [*first, {"role": "assistant", "content": "a1"}, {"role": "user", "content": "q2"}]
     assert mode.prepare(foreign) == DifyTurn(
@@ -305,7 +307,8 @@ def test_fold_history_needs_a_user_question():
 def test_stateless_query():
     assert stateless_query(FULL_HISTORY) == "You are terse.\n\nAnswer in English.\n\nThanks! And tomorrow?"
     assert stateless_query([{"role": "user", "content": "  hi  "}]) == "hi"
-    assert StatelessMode().prepare(FULL_HISTORY) == DifyTurn(query=stateless_query(FULL_HISTORY))
+    assert StatelessMode().prepare(FULL_HISTORY) == DifyTurn(query=stateless_query(FULL_HISTORY),
+                                                             files_from=len(FULL_HISTORY) - 1)
     parts = [{"type": "text", "text": "new"}, {"type": "image_url", "image_url": {"url": "x"}},
              {"type": "text", "text": "question"}]
     assert stateless_query([{"role": "user", "content": parts}]) == "new\nquestion"

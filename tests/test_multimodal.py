@@ -1,0 +1,107 @@
+"""Images, documents and audio in messages reach Dify as files (checked in what Dify received)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+import openai
+import pytest
+
+from tests.conftest import CLIENT_KEY
+from tests.test_chat_completions import EXPECTED_USER
+from tests.test_http_surface import assert_openai_error
+
+PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQ"
+                       "AAAABJRU5ErkJggg==")
+PDF = b"%PDF-1.4\n1 0 obj <<>> endobj\ntrailer <<>>\n%%EOF\n"
+
+
+def data_url(mime: str, data: bytes) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def ask(client, parts, **kwargs):
+    return client.chat.completions.create(model="demo-chat", messages=[{"role": "user", "content": parts}], **kwargs)
+
+
+def records(emulator, path):
+    return [record for record in emulator.requests() if record["path"] == path]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_data_url_image_is_uploaded_and_sent_as_local_file(client, recorded, stream):
+    parts = [{"type": "text", "text": "what is this?"},
+             {"type": "image_url", "image_url": {"url": data_url("image/png", PNG), "detail": "low"}}]
+    reply = ask(client, parts, stream=stream)
+    text = "".join(c.choices[0].delta.content or "" for c in reply) if stream else reply.choices[0].message.content
+    assert text == "You said: what is this?"
+    [upload] = records(recorded, "/v1/files/upload")
+    assert upload["form"]["user"] == EXPECTED_USER
+    [file] = upload["files"]
+    assert (file["mimetype"], file["filename"], file["size"]) == ("image/png", "image.png", len(PNG))
+    assert file["sha256"] == hashlib.sha256(PNG).hexdigest()
+    [call] = records(recorded, "/v1/chat-messages")
+    [dify_file] = call["json"]["files"]
+    assert dify_file["type"] == "image" and dify_file["transfer_method"] == "local_file"
+    assert dify_file["upload_file_id"] and call["json"]["user"] == EXPECTED_USER
+
+
+def test_remote_image_url_is_passed_not_fetched(client, recorded):
+    url = "https://images.example.invalid/cat.png"
+    ask(client, [{"type": "text", "text": "and this?"}, {"type": "image_url", "image_url": {"url": url}}])
+    assert records(recorded, "/v1/files/upload") == []
+    [call] = records(recorded, "/v1/chat-messages")
+    assert call["json"]["files"] == [{"type": "image", "transfer_method": "remote_url", "url": url}]
+
+
+def test_file_and_audio_parts_are_uploaded_with_their_types(client, recorded):
+    parts = [{"type": "text", "text": "summarise"},
+             {"type": "file", "file": {"filename": "report.pdf", "file_data": data_url("application/pdf", PDF)}},
+             {"type": "input_audio", "input_audio": {"data": base64.b64encode(b"RIFF....WAVE").decode(),
+                                                     "format": "wav"}}]
+    ask(client, parts)
+    uploads = [record["files"][0] for record in records(recorded, "/v1/files/upload")]
+    assert [(u["filename"], u["mimetype"]) for u in uploads] == [("report.pdf", "application/pdf"),
+                                                                  ("audio.wav", "audio/wav")]
+    [call] = records(recorded, "/v1/chat-messages")
+    assert [f["type"] for f in call["json"]["files"]] == ["document", "audio"]
+
+
+@pytest.mark.parametrize(("part", "code"), [
+    ({"type": "image_url", "image_url": {"url": "data:image/png;base64,###not-base64###"}}, "invalid_base64"),
+    ({"type": "image_url", "image_url": {"url": data_url("text/plain", b"hello")}}, "invalid_image"),
+    ({"type": "image_url", "image_url": {"url": "ftp://example.invalid/a.png"}}, "invalid_value"),
+    ({"type": "input_audio", "input_audio": {"data": "AAAA", "format": "aiff"}}, "invalid_value"),
+    ({"type": "file", "file": {"file_id": "file-abc"}}, "unsupported_parameter"),
+])
+def test_bad_file_parts_are_400_naming_the_part(http, recorded, part, code):
+    body = {"model": "demo-chat", "messages": [{"role": "user", "content": [{"type": "text", "text": "x"}, part]}]}
+    assert_openai_error(http("POST", "/v1/chat/completions", json=body), 400, code, "messages[0].content[1]")
+    assert records(recorded, "/v1/chat-messages") == []
+
+
+def test_files_over_the_limit_are_413(start_gateway, recorded):
+    gateway = start_gateway(MAX_UPLOAD_MB="0.001")
+    client = openai.OpenAI(base_url=gateway.base_url, api_key=CLIENT_KEY, max_retries=0)
+    big = data_url("image/png", PNG + b"\0" * 2048)
+    with pytest.raises(openai.APIStatusError) as caught:
+        ask(client, [{"type": "text", "text": "x"}, {"type": "image_url", "image_url": {"url": big}}])
+    assert caught.value.status_code == 413 and caught.value.body["code"] == "file_too_large"
+    assert records(recorded, "/v1/files/upload") == []
+
+
+def test_mode_2_sends_only_the_new_turns_files(start_gateway, recorded):
+    gateway = start_gateway(CONVERSATION_MEMORY_MODE="2")
+    client = openai.OpenAI(base_url=gateway.base_url, api_key=CLIENT_KEY, max_retries=0)
+    first_image = {"type": "image_url", "image_url": {"url": "https://example.invalid/1.png"}}
+    messages = [{"role": "user", "content": [{"type": "text", "text": "first"}, first_image]}]
+    reply = client.chat.completions.create(model="demo-chat", messages=messages).choices[0].message.content
+    second_image = {"type": "image_url", "image_url": {"url": "https://example.invalid/2.png"}}
+    messages += [{"role": "assistant", "content": reply},
+                 {"role": "user", "content": [{"type": "text", "text": "second"}, second_image]}]
+    client.chat.completions.create(model="demo-chat", messages=messages)
+    first_call, second_call = (record["json"] for record in records(recorded, "/v1/chat-messages"))
+    assert [f["url"] for f in first_call["files"]] == ["https://example.invalid/1.png"]
+    assert [f["url"] for f in second_call["files"]] == ["https://example.invalid/2.png"]
+    assert second_call["conversation_id"] and second_call["query"] == "second"
