@@ -38,6 +38,7 @@ class Settings:
     max_upload_bytes: int = 10 * 1024 * 1024
     think_tags: str = "reasoning"
     agent_thoughts: str = "reasoning"
+    workflow_progress: bool = False
     model_aliases: tuple[tuple[str, str], ...] = ()
     default_model: str | None = None
 
@@ -178,6 +179,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_upload_bytes=int(_number(env, "MAX_UPLOAD_MB", 10, minimum=0.001) * 1024 * 1024),
         think_tags=_choice(env, "THINK_TAGS", "reasoning", ("reasoning", "content")),
         agent_thoughts=_choice(env, "AGENT_THOUGHTS", "reasoning", ("reasoning", "tool_calls", "hidden")),
+        workflow_progress=_flag(env, "WORKFLOW_PROGRESS", False),
         model_aliases=_aliases(env),
         default_model=env.get("DEFAULT_MODEL", "").strip() or None,
     )

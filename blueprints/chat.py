@@ -22,7 +22,7 @@ from services.errors import OpenAIError, invalid_request
 from services.files import dify_files
 from services.gateway import Gateway, current_gateway
 from services.openai_request import ChatRequest, parse_chat_request
-from services.pipeline import OutputPipeline
+from services.pipeline import OutputPipeline, TextStage
 from services.reasoning import AgentThoughts, ThinkSplitter
 from services.relay import ChatRelay, Item, merged_batches, prefetch_all, raise_first_refusal
 from services.render import (
@@ -34,6 +34,7 @@ from services.render import (
     now,
     sse_body,
 )
+from services.stages import JsonAnswer, StopSequences, json_instructions
 from services.tools import ToolCallParser, tool_instructions
 from services.translate import ERROR, DifyEventTranslator
 
@@ -142,16 +143,21 @@ def _files(gateway: Gateway, app: DifyApp, dify_user: str, chat: ChatRequest, tu
 def _relay(gateway: Gateway, memory: MemoryMode, app: DifyApp, dify_user: str, chat: ChatRequest,
            turn: DifyTurn, files: list[dict[str, Any]]) -> ChatRelay:
     settings = gateway.settings
-    text = f"{turn.query}\n\n{tool_instructions(chat.tools)}" if chat.tools else turn.query
-    payload = dify_payload(app, text=text, conversation_id=turn.conversation_id, user=dify_user, inputs=chat.inputs,
-                           files=files)
+    instructions = [turn.query]
+    stages: list[TextStage] = [ThinkSplitter(keep_tags=settings.think_tags == "content")]
+    if chat.tools:
+        instructions.append(tool_instructions(chat.tools))
+        stages.append(ToolCallParser(chat.tools))
+    if chat.response_format:
+        instructions.append(json_instructions(chat.response_format))
+        stages.append(JsonAnswer())
+    if chat.stop:
+        stages.append(StopSequences(list(chat.stop)))
+    payload = dify_payload(app, text="\n\n".join(instructions), conversation_id=turn.conversation_id,
+                           user=dify_user, inputs=chat.inputs, files=files)
     thoughts = None if settings.agent_thoughts == "hidden" else AgentThoughts(settings.agent_thoughts)
-    translator = DifyEventTranslator(app.mode, thoughts)
-    pipeline = OutputPipeline(
-        think=ThinkSplitter(keep_tags=settings.think_tags == "content"),
-        tools=ToolCallParser(chat.tools) if chat.tools else None,
-        suffix=lambda: memory.reply_suffix(translator.conversation_id, turn),
-    )
+    translator = DifyEventTranslator(app.mode, thoughts, gateway.dify.origin, settings.workflow_progress)
+    pipeline = OutputPipeline(stages, suffix=lambda: memory.reply_suffix(translator.conversation_id, turn))
     open_stream = partial(gateway.dify.open_stream, app.key, dify_route(app), payload)
     return ChatRelay(gateway.dify, app, dify_user, open_stream, settings.keepalive_interval, translator, pipeline)
 

@@ -18,8 +18,10 @@ from services.auth import dify_user_for
 from services.completion_request import parse_completion_request
 from services.dify_calls import dify_payload, dify_route
 from services.gateway import current_gateway
+from services.pipeline import OutputPipeline
 from services.relay import ChatRelay, merged_batches, prefetch_all, raise_first_refusal
 from services.render import ChoiceCollector, TextChunkEncoder, collect, new_id, now, sse_body, text_completion_body
+from services.stages import StopSequences
 from services.translate import DifyEventTranslator
 
 bp = Blueprint("completions", __name__)
@@ -46,7 +48,9 @@ def answer_completion(body: Any, model: str | None = None) -> Response:
                 for prompt in prompts]
     open_streams = [partial(gateway.dify.open_stream, app.key, dify_route(app), payload) for payload in payloads]
     relays = [ChatRelay(gateway.dify, app, dify_user, open_stream, gateway.settings.keepalive_interval,
-                        DifyEventTranslator(app.mode)) for open_stream in open_streams]
+                        DifyEventTranslator(app.mode, file_origin=gateway.dify.origin),
+                        OutputPipeline([StopSequences(list(request.stop))] if request.stop else []))
+              for open_stream in open_streams]
     prefetched = prefetch_all(relays, gateway.settings.first_event_wait)
     raise_first_refusal(relays, prefetched)
     completion_id, created = new_id("cmpl"), now()

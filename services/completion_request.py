@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.errors import invalid_request
-from services.openai_request import choice_count
+from services.openai_request import choice_count, stop_sequences
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,7 @@ class CompletionRequest:
     echo: bool
     user: str | None
     inputs: dict[str, Any]
+    stop: tuple[str, ...]
 
 
 def _prompts(body: dict[str, Any]) -> list[str]:
@@ -59,4 +60,4 @@ def parse_completion_request(body: Any, model: str | None, max_choices: int) -> 
         raise invalid_request("'inputs' must be an object of Dify app inputs.", param="inputs", code="invalid_type")
     return CompletionRequest(model=model.strip(), prompts=prompts, n=n, stream=stream,
                              include_usage=stream and options.get("include_usage") is True,
-                             echo=body.get("echo") is True, user=user, inputs=inputs)
+                             echo=body.get("echo") is True, user=user, inputs=inputs, stop=stop_sequences(body))

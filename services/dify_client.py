@@ -10,6 +10,7 @@ import json
 import logging
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -27,6 +28,9 @@ STOP_TIMEOUT = 5.0
 class DifyClient:
     def __init__(self, base_url: str, timeout: float, pool_size: int) -> None:
         self.base_url = base_url.rstrip("/")
+        # Dify's file URLs may be relative to its origin (when FILES_URL is not configured).
+        parts = urlsplit(self.base_url)
+        self.origin = f"{parts.scheme}://{parts.netloc}"
         self.timeout = timeout
         self.session = requests.Session()
         # Retry only connection failures: nothing reached Dify yet, so a retry cannot run

@@ -27,6 +27,8 @@ class ChatRequest:
     inputs: dict[str, Any]  # Dify app inputs (e.g. openai SDK extra_body={"inputs": {...}})
     n: int = 1
     tools: ToolRequest | None = None  # tools/functions offered to the app, if any
+    stop: tuple[str, ...] = ()
+    response_format: dict[str, Any] | None = None  # json_object / json_schema; None for text
 
 
 def _optional(body: dict[str, Any], name: str, kind: type | tuple[type, ...], label: str) -> Any:
@@ -74,7 +76,43 @@ def parse_chat_request(body: Any, model: str | None = None, max_choices: int = 1
         inputs=inputs,
         n=choice_count(body, max_choices),
         tools=parse_tool_request(body),
+        stop=stop_sequences(body),
+        response_format=json_format(body),
     )
+
+
+def stop_sequences(body: dict[str, Any]) -> tuple[str, ...]:
+    """`stop`: a string or up to 4 strings where the answer is cut (applied by the gateway)."""
+    stop = body.get("stop")
+    stops = [stop] if isinstance(stop, str) else stop
+    if stops is None:
+        return ()
+    if not isinstance(stops, list) or len(stops) > 4 or not all(isinstance(item, str) for item in stops):
+        raise invalid_request("'stop' must be a string or an array of at most 4 strings.", param="stop",
+                              code="invalid_value")
+    return tuple(item for item in stops if item)
+
+
+# LangChain recognises this exact message and tells its users to use function calling.
+JSON_SCHEMA_UNSUPPORTED = "'response_format' of type 'json_schema' is not supported with this model"
+
+
+def json_format(body: dict[str, Any]) -> dict[str, Any] | None:
+    response_format = body.get("response_format")
+    if response_format is None:
+        return None
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return response_format
+    if kind == "json_schema":
+        if not isinstance(response_format.get("json_schema"), dict):
+            raise invalid_request(JSON_SCHEMA_UNSUPPORTED + ": 'json_schema' must be an object with a schema.",
+                                  param="response_format", code="invalid_value")
+        return response_format
+    raise invalid_request("'response_format.type' must be text, json_object or json_schema.",
+                          param="response_format", code="invalid_value")
 
 
 def _check_message(message: Any, index: int) -> None:

@@ -1,44 +1,68 @@
 """The stages between a choice's Dify events and its rendering.
 
-Text items from the translator pass through the reasoning splitter (`<think>` text becomes
-reasoning) and the tool-call parser (`<tool_call>` blocks become calls). At the end the
-stages flush what they held, the finish reason follows what was found, and the memory
-mode's reply suffix (mode 2's invisible conversation id) closes the text. Each stage holds
-back only what could still change meaning, so ordinary text streams straight through.
+Text items from the translator pass through a chain of text stages, in order: the
+reasoning splitter (`<think>` text becomes reasoning), the tool-call parser (`<tool_call>`
+blocks become calls), the JSON-answer stage (`response_format`), and stop sequences. At
+the end each stage flushes what it held into the stages after it, the finish reason
+follows what was found, and the memory mode's reply suffix (mode 2's invisible
+conversation id) closes the text. Each stage holds back only what could still change
+meaning, so ordinary text streams straight through.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
-from services.reasoning import ThinkSplitter
+from services.stages import StopSequences
 from services.tools import ToolCallParser
 from services.translate import END, ERROR, TEXT
 
 Item = tuple[str, Any]
 
 
+class TextStage(Protocol):
+    def feed(self, text: str) -> list[Item]: ...
+
+    def flush(self) -> list[Item]: ...
+
+
+def _through(stage: TextStage, items: list[Item]) -> list[Item]:
+    out: list[Item] = []
+    for item in items:
+        out += stage.feed(item[1]) if item[0] == TEXT else [item]
+    return out
+
+
 class OutputPipeline:
-    def __init__(self, think: ThinkSplitter | None = None, tools: ToolCallParser | None = None,
-                 suffix: Callable[[], str] | None = None) -> None:
-        """`suffix()` gives text to append when the answer ends normally."""
-        self._think = think
-        self._tools = tools
+    def __init__(self, stages: list[TextStage], suffix: Callable[[], str] | None = None) -> None:
+        """`stages` in order; `suffix()` gives text to append when the answer ends normally."""
+        self._stages = stages
         self._suffix = suffix
+        self._tools = next((stage for stage in stages if isinstance(stage, ToolCallParser)), None)
+        self._stop = next((stage for stage in stages if isinstance(stage, StopSequences)), None)
+        self.ended = False  # a stop sequence ended the answer before Dify did
 
     @property
     def active(self) -> bool:
-        return bool(self._think or self._tools or self._suffix)
+        return bool(self._stages or self._suffix)
 
     def process(self, items: list[Item]) -> list[Item]:
         out: list[Item] = []
         for item in items:
+            if self.ended:
+                break
             kind = item[0]
             if kind == TEXT:
-                out += self._text(item[1])
+                pieces = [item]
+                for stage in self._stages:
+                    pieces = _through(stage, pieces)
+                out += pieces
+                if self._stop and self._stop.hit:
+                    out += self._end("stop", None)
+                    self.ended = True
             elif kind == END:
-                out += self._end(item[1])
+                out += self._end(*item[1])
             elif kind == ERROR:
                 out += self._flush()  # what the model said before the failure is not lost
                 out.append(item)
@@ -46,26 +70,13 @@ class OutputPipeline:
                 out.append(item)
         return out
 
-    def _text(self, text: str) -> list[Item]:
-        pieces = self._think.feed(text) if self._think else [(TEXT, text)]
-        return self._parse_tools(pieces)
-
-    def _parse_tools(self, pieces: list[Item]) -> list[Item]:
-        if not self._tools:
-            return pieces
-        out: list[Item] = []
-        for piece in pieces:
-            out += self._tools.feed(piece[1]) if piece[0] == TEXT else [piece]
-        return out
-
     def _flush(self) -> list[Item]:
-        out = self._parse_tools(self._think.flush()) if self._think else []
-        if self._tools:
-            out += self._tools.flush()
-        return out
+        pending: list[Item] = []
+        for stage in self._stages:
+            pending = _through(stage, pending) + stage.flush()
+        return pending
 
-    def _end(self, value: tuple[str, Any]) -> list[Item]:
-        finish_reason, usage = value
+    def _end(self, finish_reason: str, usage: Any) -> list[Item]:
         out = self._flush()
         if self._tools and self._tools.calls:
             finish_reason = "function_call" if self._tools.request.legacy else "tool_calls"

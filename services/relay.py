@@ -62,7 +62,12 @@ class ChatRelay:
                         break
             if self.translator.finished:
                 self._done = True
-        return self._pipeline.process(items) if self._pipeline and items else items
+        if not self._pipeline or not items:
+            return items
+        items = self._pipeline.process(items)
+        if self._pipeline.ended:
+            self._done = True  # a stop sequence: close() stops the Dify task
+        return items
 
     def prefetch(self, wait: float) -> list[Item]:
         """Items up to the first one that is not a keep-alive, waiting at most `wait` s.

@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from services.errors import from_dify_error, server_error
-from services.reasoning import AgentThoughts
+from services.reasoning import REASONING, AgentThoughts
 
 # Output items are (kind, value) tuples: cheap on the per-event hot path.
 TEXT = "text"  # value: text to append
@@ -53,10 +53,15 @@ def outputs_text(outputs: Any) -> str:
 class DifyEventTranslator:
     """State of one Dify stream, for every app mode."""
 
-    def __init__(self, app_mode: str, thoughts: AgentThoughts | None = None) -> None:
-        """`thoughts` renders agent apps' tool steps (None: they are not shown)."""
+    def __init__(self, app_mode: str, thoughts: AgentThoughts | None = None, file_origin: str = "",
+                 node_progress: bool = False) -> None:
+        """`thoughts` renders agent apps' tool steps (None: they are not shown); relative
+        file URLs are made absolute with `file_origin`; `node_progress` shows each chatflow
+        or workflow node as it starts, as reasoning."""
         self.app_mode = app_mode
         self._thoughts = thoughts
+        self._file_origin = file_origin
+        self._node_progress = node_progress
         self.task_id: str | None = None
         self.conversation_id: str | None = None
         self.usage: dict[str, int] | None = None
@@ -79,6 +84,11 @@ class DifyEventTranslator:
             return [PING_ITEM]
         if name == "agent_thought":
             return self._thoughts.feed(event) if self._thoughts else []
+        if name == "message_file":
+            return self._message_file(event)
+        if name == "node_started" and self._node_progress:
+            node = event.get("data") or {}
+            return [(REASONING, f"Running {node.get('title') or 'node'} ({node.get('node_type') or '?'})\n")]
         if name == "text_chunk":  # workflow apps stream End-node text this way
             return self._text(name, (event.get("data") or {}).get("text"))
         if name == "text_replace":
@@ -104,6 +114,17 @@ class DifyEventTranslator:
             return []
         self._text_seen = True
         return [(TEXT, answer)]
+
+    def _message_file(self, event: dict[str, Any]) -> list[tuple[str, Any]]:
+        """A file made by a tool or the model, shown in the answer as Markdown."""
+        url = event.get("url")
+        if not isinstance(url, str) or not url or event.get("belongs_to", "assistant") != "assistant":
+            return []
+        if url.startswith("/"):
+            url = self._file_origin + url
+        self._text_seen = True
+        link = f"![image]({url})" if event.get("type") == "image" else f"[file]({url})"
+        return [(TEXT, f"\n\n{link}\n\n")]
 
     def _workflow_finished(self, data: dict[str, Any]) -> list[tuple[str, Any]]:
         # Chatflow: >= 1.13.1 sends message_end before workflow_finished, <= 1.12 after it.

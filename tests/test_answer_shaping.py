@@ -1,0 +1,126 @@
+"""Stop sequences, JSON answers, tool-made files, chatflow progress and failures."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import openai
+import pytest
+import requests
+
+from services.stages import StopSequences, json_answer
+from services.translate import TEXT
+from tests.conftest import CLIENT_KEY
+from tests.scenarios import user_message
+from tests.test_http_surface import read_sse
+
+
+def stream_text(client, **kwargs) -> tuple[str, str]:
+    text, finish = "", None
+    for chunk in client.chat.completions.create(stream=True, **kwargs):
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+            finish = chunk.choices[0].finish_reason or finish
+    return text, finish
+
+
+def test_stop_sequence_split_across_pieces_unit():
+    stage = StopSequences(["END", "\n\n"])
+    out = stage.feed("abc E") + stage.feed("N") + stage.feed("D tail")
+    assert out == [(TEXT, "abc ")] and stage.hit and stage.flush() == []
+    near_miss = StopSequences(["END"])
+    assert near_miss.feed("xEN") == [(TEXT, "x")] and near_miss.flush() == [(TEXT, "EN")]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_stop_sequences_cut_the_answer_and_stop_dify(client, recorded, stream):
+    messages = user_message("x", chunks=["one ", "two ", "th", "ree ", "four ", "five"], delay_ms=30)
+    if stream:
+        text, finish = stream_text(client, model="demo-chat", messages=messages, stop=["three", "zzz"])
+    else:
+        choice = client.chat.completions.create(model="demo-chat", messages=messages, stop="three").choices[0]
+        text, finish = choice.message.content, choice.finish_reason
+    assert (text, finish) == ("one two ", "stop")
+    deadline = time.monotonic() + 5
+    while not recorded.stops():  # the rest of the Dify run is not needed
+        assert time.monotonic() < deadline, "no Dify stop call after the stop sequence"
+        time.sleep(0.05)
+
+
+def test_stop_sequences_on_text_completions(client):
+    completion = client.completions.create(model="demo-chat", prompt="a b c d", stop=["c"])
+    assert completion.choices[0].text == "You said: a b " and completion.choices[0].finish_reason == "stop"
+
+
+def test_json_answer_extraction_unit():
+    assert json_answer('Sure! ```json\n{"a": 1}\n``` Hope it helps') == '{"a": 1}'
+    assert json_answer('Here: {"a": {"b": 2}} done') == '{"a": {"b": 2}}'
+    assert json_answer("no json here") == "no json here"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_response_format_json_object(client, recorded, stream):
+    messages = user_message("give json", answer='Sure!\n```json\n{"city": "Paris"}\n```')
+    if stream:
+        text, _ = stream_text(client, model="demo-chat", messages=messages, response_format={"type": "json_object"})
+    else:
+        text = client.chat.completions.create(model="demo-chat", messages=messages,
+                                              response_format={"type": "json_object"}).choices[0].message.content
+    assert json.loads(text) == {"city": "Paris"}
+    [call] = [r["json"] for r in recorded.requests() if r["path"] == "/v1/chat-messages"]
+    assert "valid JSON object" in call["query"]
+
+
+def test_response_format_json_schema_puts_the_schema_in_the_query(client, recorded):
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    reply = client.chat.completions.create(
+        model="demo-chat", messages=user_message("count", answer='{"n": 3}'),
+        response_format={"type": "json_schema", "json_schema": {"name": "count", "schema": schema, "strict": True}})
+    assert json.loads(reply.choices[0].message.content) == {"n": 3}
+    [call] = [r["json"] for r in recorded.requests() if r["path"] == "/v1/chat-messages"]
+    assert '"required":["n"]' in call["query"]
+
+
+def test_unusable_json_schema_gets_the_message_langchain_recognises(http):
+    response = http("POST", "/v1/chat/completions", json={"model": "demo-chat", "messages": user_message("x"),
+                                                          "response_format": {"type": "json_schema"}})
+    assert response.status_code == 400
+    assert "'response_format' of type 'json_schema' is not supported with this model" in response.json()["error"][
+        "message"]
+
+
+def test_tool_made_files_show_as_markdown_with_absolute_urls(client, emulator):
+    steps = [{"thought": "drawing", "tool": "dalle", "tool_input": {"prompt": "cat"}, "observation": "done",
+              "files": [{"type": "image", "url": "/files/tools/cat.png?sign=x"}]}]
+    content = client.chat.completions.create(model="demo-agent", messages=user_message("draw", agent_steps=steps)) \
+        .choices[0].message.content
+    assert f"![image]({emulator.root_url}/files/tools/cat.png?sign=x)" in content
+
+
+@pytest.fixture(scope="module")
+def progress_client(start_gateway):
+    gateway = start_gateway(WORKFLOW_PROGRESS="on")
+    return gateway, openai.OpenAI(base_url=gateway.base_url, api_key=CLIENT_KEY, max_retries=0)
+
+
+def test_chatflow_node_progress_as_reasoning_when_asked(progress_client, client):
+    _, progress = progress_client
+    message = progress.chat.completions.create(model="demo-chatflow", messages=user_message("hi")).choices[0].message
+    assert "Running" in message.reasoning_content and message.content.endswith("You said: hi")
+    default = client.chat.completions.create(model="demo-chatflow", messages=user_message("hi")).choices[0].message
+    assert getattr(default, "reasoning_content", None) is None  # off by default
+
+
+@pytest.mark.parametrize("order", ["post1131", "pre113"])
+def test_chatflow_failure_is_an_error_in_both_event_orders(progress_client, order):
+    gateway, _ = progress_client
+    body = {"model": "demo-chatflow", "stream": True,
+            "messages": user_message("x", workflow_status="failed", workflow_error="node broke", chatflow_order=order)}
+    response = requests.post(gateway.base_url + "/chat/completions", json=body, stream=True, timeout=30,
+                             headers={"Authorization": f"Bearer {CLIENT_KEY}"})
+    if response.status_code == 200:  # the failure came after some text
+        lines = read_sse(response)
+        assert "node broke" in json.loads(lines[-2][6:])["error"]["message"]
+    else:
+        assert response.status_code == 502 and "node broke" in response.json()["error"]["message"]
