@@ -159,7 +159,13 @@ def _relay(gateway: Gateway, memory: MemoryMode, app: DifyApp, dify_user: str, c
     translator = DifyEventTranslator(app.mode, thoughts, gateway.dify.origin, settings.workflow_progress)
     pipeline = OutputPipeline(stages, suffix=lambda: memory.reply_suffix(translator.conversation_id, turn))
     open_stream = partial(gateway.dify.open_stream, app.key, dify_route(app), payload)
-    return ChatRelay(gateway.dify, app, dify_user, open_stream, settings.keepalive_interval, translator, pipeline)
+    return ChatRelay(gateway.dify, app, dify_user, open_stream, settings.keepalive_interval, translator, pipeline,
+                     client_socket(request.environ))
+
+
+def client_socket(environ: dict[str, Any]) -> Any:
+    """The client's socket, which gunicorn's workers put in the WSGI environ."""
+    return environ.get("gunicorn.socket")
 
 
 def conversation_not_found(conversation_id: str) -> OpenAIError:

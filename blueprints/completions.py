@@ -11,8 +11,9 @@ from functools import partial
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify
+from flask import request as flask_request
 
-from blueprints.chat import SSE_CONTENT_TYPE, STREAM_HEADERS
+from blueprints.chat import SSE_CONTENT_TYPE, STREAM_HEADERS, client_socket
 from blueprints.edge import read_json
 from services.auth import dify_user_for
 from services.completion_request import parse_completion_request
@@ -49,7 +50,8 @@ def answer_completion(body: Any, model: str | None = None) -> Response:
     open_streams = [partial(gateway.dify.open_stream, app.key, dify_route(app), payload) for payload in payloads]
     relays = [ChatRelay(gateway.dify, app, dify_user, open_stream, gateway.settings.keepalive_interval,
                         DifyEventTranslator(app.mode, file_origin=gateway.dify.origin),
-                        OutputPipeline([StopSequences(list(request.stop))] if request.stop else []))
+                        OutputPipeline([StopSequences(list(request.stop))] if request.stop else []),
+                        client_socket(flask_request.environ))
               for open_stream in open_streams]
     prefetched = prefetch_all(relays, gateway.settings.first_event_wait)
     raise_first_refusal(relays, prefetched)

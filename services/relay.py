@@ -20,6 +20,7 @@ import requests
 from gevent.queue import Queue
 
 from services.apps import DifyApp
+from services.client_watch import ClientWatch
 from services.dify_client import DifyClient
 from services.errors import OpenAIError
 from services.pipeline import OutputPipeline
@@ -32,11 +33,15 @@ Item = tuple[str, Any]
 class ChatRelay:
     def __init__(self, client: DifyClient, app: DifyApp, dify_user: str, open_response: Callable[[], requests.Response],
                  keepalive_interval: float, translator: DifyEventTranslator,
-                 pipeline: OutputPipeline | None = None) -> None:
+                 pipeline: OutputPipeline | None = None, client_socket: Any = None) -> None:
+        """`client_socket` (the WSGI server's, when it offers one) is watched so that a client
+        that leaves while Dify is silent is noticed at once."""
         self._client = client
         self._app = app
         self._dify_user = dify_user
         self._upstream = UpstreamStream(open_response)
+        self._watch = ClientWatch(client_socket, self._upstream.wake) if client_socket is not None else None
+        self.client_gone = False
         self._keepalive = keepalive_interval
         self.translator = translator
         self._pipeline = pipeline if pipeline is not None and pipeline.active else None
@@ -52,6 +57,9 @@ class ChatRelay:
             if events is None:
                 items = self.translator.feed_eof()
             elif not events:
+                if self._watch and self._watch.fired and self._watch.client_gone():
+                    self._done = self.client_gone = True
+                    return []
                 return [PING_ITEM]
             else:
                 items = []
@@ -95,6 +103,9 @@ class ChatRelay:
                 yield batch
 
     def close(self) -> None:
+        if self._watch:
+            self._watch.close()
+            self._watch = None
         finished = self.translator.finished
         self._upstream.close(finished)
         task_id = self.translator.task_id

@@ -10,18 +10,20 @@ queue's bound pushes back on Dify when the client reads slowly.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
 import gevent
 import requests
-from gevent.queue import Empty, Queue
+from gevent.queue import Empty, Full, Queue
 
 from services.dify_client import iter_body
 from services.errors import OpenAIError, server_error, upstream_timeout
 from services.sse import MalformedStream, SSEDecoder
 
 _END = object()
+_WAKE = object()
 # Network reads buffered ahead of the client; beyond this the reader waits (backpressure).
 _QUEUE_SIZE = 64
 # How long a finished stream may take to reach the end of Dify's body, so that its
@@ -56,8 +58,14 @@ class UpstreamStream:
         except Exception as exc:  # urllib3 protocol errors, resets: all mean the stream broke
             self._queue.put(_read_failure(exc))
 
+    def wake(self) -> None:
+        """Make a waiting `read` return now (with what it has, maybe nothing)."""
+        with contextlib.suppress(Full):  # a full queue: the reader is not waiting anyway
+            self._queue.put_nowait(_WAKE)
+
     def read(self, timeout: float | None) -> list[dict[str, Any]] | None:
-        """Events that arrived, waiting at most `timeout` s: [] if none came, None at the end."""
+        """Events that arrived, waiting at most `timeout` s: [] if none came (or on `wake`),
+        None at the end."""
         if self._ended:
             return None
         try:
@@ -66,6 +74,8 @@ class UpstreamStream:
             return []
         events = []
         while True:
+            if item is _WAKE:
+                return events
             if item is _END:
                 self._ended = True
                 events.extend(self._decoder.close())
@@ -120,7 +130,7 @@ class UpstreamStream:
             while True:
                 item = self._queue.get()
                 if item is _END or isinstance(item, OpenAIError):
-                    return True
+                    return True  # (a stray _WAKE is simply discarded)
         return False
 
 

@@ -112,8 +112,17 @@ def wait_for(condition, seconds: float = 10.0, what: str = "condition"):
     raise AssertionError(f"{what}: not met within {seconds} s")
 
 
-def test_client_disconnect_closes_upstream_and_calls_dify_stop(gateway, recorded):
-    body = json.dumps(chat_body("leave", never_end=True, ping_interval_s=0.2)).encode()
+@pytest.fixture(scope="module")
+def quiet_gateway(start_gateway):
+    """A gateway that would send no keep-alive for a minute."""
+    return start_gateway(KEEPALIVE_INTERVAL="60")
+
+
+@pytest.mark.parametrize("ping_interval_s", [0.2, 60])
+def test_client_disconnect_closes_upstream_and_calls_dify_stop(quiet_gateway, recorded, ping_interval_s):
+    """Also while Dify and the gateway are both silent: the client socket is watched."""
+    gateway = quiet_gateway
+    body = json.dumps(chat_body("leave", never_end=True, ping_interval_s=ping_interval_s)).encode()
     before = set(recorded.streams()["active_tasks"])  # streams of earlier tests may still be winding down
     sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
     sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + CLIENT_KEY.encode()
@@ -122,7 +131,7 @@ def test_client_disconnect_closes_upstream_and_calls_dify_stop(gateway, recorded
     assert b"200 OK" in sock.recv(65536)
     [task_id] = wait_for(lambda: set(recorded.streams()["active_tasks"]) - before, what="new Dify stream")
     sock.close()
-    [stop] = wait_for(lambda: [stop for stop in recorded.stops() if stop["task_id"] == task_id],
+    [stop] = wait_for(lambda: [stop for stop in recorded.stops() if stop["task_id"] == task_id], seconds=3,
                       what=f"stop call for {task_id} (stops: {recorded.stops()})")
     assert stop["path"] == f"/v1/chat-messages/{task_id}/stop"
     [call] = [record for record in recorded.requests() if record["path"] == "/v1/chat-messages"]
