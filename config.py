@@ -28,6 +28,7 @@ class Settings:
     server_host: str = "127.0.0.1"
     server_port: int = 8000
     smooth_output: bool = True
+    smooth_max_lag: float = 0.05
     app_info_ttl: float = 300.0
     first_event_wait: float = 10.0
     keepalive_interval: float = 10.0
@@ -35,6 +36,11 @@ class Settings:
     pool_size: int = 1000
     log_level: str = "INFO"
     max_choices: int = 8
+    max_concurrent_requests: int = 900
+    max_request_bytes: int = 32 * 1024 * 1024
+    max_messages: int = 1000
+    max_prompt_chars: int = 1_000_000
+    stream_deadline: float = 1200.0
     max_upload_bytes: int = 10 * 1024 * 1024
     think_tags: str = "reasoning"
     agent_thoughts: str = "reasoning"
@@ -169,6 +175,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         server_host=env.get("SERVER_HOST", "127.0.0.1").strip() or "127.0.0.1",
         server_port=_integer(env, "SERVER_PORT", 8000, minimum=0),
         smooth_output=_flag(env, "SMOOTH_OUTPUT", True),
+        smooth_max_lag=_number(env, "SMOOTH_MAX_LAG_MS", 50, minimum=0) / 1000,
         app_info_ttl=_number(env, "APP_INFO_TTL", 300.0, minimum=1),
         first_event_wait=_number(env, "FIRST_EVENT_WAIT", 10.0, minimum=0),
         keepalive_interval=_number(env, "KEEPALIVE_INTERVAL", 10.0, minimum=0.05),
@@ -176,6 +183,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         pool_size=_integer(env, "WORKER_CONNECTIONS", 1000, minimum=1),
         log_level=log_level,
         max_choices=_integer(env, "MAX_CHOICES", 8, minimum=1),
+        # Below WORKER_CONNECTIONS, so that refusals and health checks still get through.
+        max_concurrent_requests=_integer(env, "MAX_CONCURRENT_REQUESTS",
+                                         max(1, _integer(env, "WORKER_CONNECTIONS", 1000, minimum=1) * 9 // 10),
+                                         minimum=1),
+        max_request_bytes=int(_number(env, "MAX_REQUEST_MB", 32, minimum=0.001) * 1024 * 1024),
+        max_messages=_integer(env, "MAX_MESSAGES", 1000, minimum=1),
+        max_prompt_chars=_integer(env, "MAX_PROMPT_CHARS", 1_000_000, minimum=1),
+        stream_deadline=_number(env, "STREAM_DEADLINE", 1200.0, minimum=1),
         max_upload_bytes=int(_number(env, "MAX_UPLOAD_MB", 10, minimum=0.001) * 1024 * 1024),
         think_tags=_choice(env, "THINK_TAGS", "reasoning", ("reasoning", "content")),
         agent_thoughts=_choice(env, "AGENT_THOUGHTS", "reasoning", ("reasoning", "tool_calls", "hidden")),

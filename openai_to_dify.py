@@ -38,6 +38,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     from blueprints import chat, completions, edge, health, models
     from memory_modes import memory_mode
+    from services.admission import Admission
     from services.apps import AppRegistry
     from services.dify_client import DifyClient
     from services.gateway import Gateway
@@ -55,7 +56,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     mode = settings.conversation_memory_mode
     app.extensions["opendify"] = Gateway(settings, dify, registry, memory_mode(mode),
                                          memory_mode(mode, conversations=False))
-    edge.install(app, settings)
+    edge.install(app, settings, Admission(settings.max_concurrent_requests))
     # The OpenAI surface answers with and without the /v1 prefix, and under /v1/v1 (what
     # NextChat calls when its base URL already ends in /v1).
     for prefix in ("/v1", "", "/v1/v1"):

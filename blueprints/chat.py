@@ -21,7 +21,7 @@ from services.dify_calls import dify_payload, dify_route
 from services.errors import OpenAIError, invalid_request
 from services.files import dify_files
 from services.gateway import Gateway, current_gateway
-from services.openai_request import ChatRequest, parse_chat_request
+from services.openai_request import ChatRequest, check_size, parse_chat_request
 from services.pipeline import OutputPipeline, TextStage
 from services.reasoning import AgentThoughts, ThinkSplitter
 from services.relay import ChatRelay, Item, merged_batches, prefetch_all, raise_first_refusal
@@ -34,6 +34,7 @@ from services.render import (
     now,
     sse_body,
 )
+from services.smooth import SmoothPacer
 from services.stages import JsonAnswer, StopSequences, json_instructions
 from services.tools import ToolCallParser, tool_instructions
 from services.translate import ERROR, DifyEventTranslator
@@ -62,6 +63,7 @@ def chat_completions_for(model: str) -> Response:
 def answer_chat(body: Any, model: str | None = None) -> Response:
     gateway = current_gateway()
     chat = parse_chat_request(body, model, gateway.settings.max_choices)
+    check_size(chat.messages, gateway.settings.max_messages, gateway.settings.max_prompt_chars)
     app = gateway.registry.resolve(chat.model)
     dify_user = dify_user_for(chat.user, g.client_key)
     memory = gateway.memory if app.has_conversations else gateway.memory_without_conversations
@@ -159,8 +161,9 @@ def _relay(gateway: Gateway, memory: MemoryMode, app: DifyApp, dify_user: str, c
     translator = DifyEventTranslator(app.mode, thoughts, gateway.dify.origin, settings.workflow_progress)
     pipeline = OutputPipeline(stages, suffix=lambda: memory.reply_suffix(translator.conversation_id, turn))
     open_stream = partial(gateway.dify.open_stream, app.key, dify_route(app), payload)
+    pacer = SmoothPacer(max_lag=settings.smooth_max_lag) if chat.stream and settings.smooth_output else None
     return ChatRelay(gateway.dify, app, dify_user, open_stream, settings.keepalive_interval, translator, pipeline,
-                     client_socket(request.environ))
+                     client_socket(request.environ), settings.stream_deadline, pacer)
 
 
 def client_socket(environ: dict[str, Any]) -> Any:

@@ -41,7 +41,7 @@ def completions_for(model: str) -> Response:
 
 def answer_completion(body: Any, model: str | None = None) -> Response:
     gateway = current_gateway()
-    request = parse_completion_request(body, model, gateway.settings.max_choices)
+    request = parse_completion_request(body, model, gateway.settings.max_choices, gateway.settings.max_prompt_chars)
     app = gateway.registry.resolve(request.model)
     dify_user = dify_user_for(request.user, g.client_key)
     prompts = [prompt for prompt in request.prompts for _ in range(request.n)]
@@ -51,7 +51,7 @@ def answer_completion(body: Any, model: str | None = None) -> Response:
     relays = [ChatRelay(gateway.dify, app, dify_user, open_stream, gateway.settings.keepalive_interval,
                         DifyEventTranslator(app.mode, file_origin=gateway.dify.origin),
                         OutputPipeline([StopSequences(list(request.stop))] if request.stop else []),
-                        client_socket(flask_request.environ))
+                        client_socket(flask_request.environ), gateway.settings.stream_deadline)
               for open_stream in open_streams]
     prefetched = prefetch_all(relays, gateway.settings.first_event_wait)
     raise_first_refusal(relays, prefetched)

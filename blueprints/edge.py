@@ -17,6 +17,7 @@ from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from config import Settings
+from services.admission import Admission
 from services.auth import key_is_valid, presented_key
 from services.errors import OpenAIError, invalid_api_key, invalid_request, server_error
 
@@ -54,8 +55,9 @@ def read_json() -> Any:
             "Content-Type: application/json.)", code="invalid_json") from None
 
 
-def install(app: Flask, settings: Settings) -> None:
+def install(app: Flask, settings: Settings, admission: Admission) -> None:
     app.url_map.strict_slashes = False
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
 
     @app.before_request
     def admit() -> Response | None:
@@ -64,14 +66,23 @@ def install(app: Flask, settings: Settings) -> None:
         if request.method == "OPTIONS":
             return _preflight()
         g.client_key = presented_key(request.headers)
-        if request.path in _OPEN_PATHS or settings.open_access:
+        if request.path in _OPEN_PATHS:
             return None
-        if not key_is_valid(g.client_key, settings.valid_api_keys):
+        if not settings.open_access and not key_is_valid(g.client_key, settings.valid_api_keys):
             return error_response(invalid_api_key())
+        if request.method == "POST":  # every POST calls Dify
+            if not admission.try_enter():
+                return error_response(OpenAIError(
+                    503, "The gateway is at its limit of concurrent requests; retry shortly.", type="server_error",
+                    code="overloaded", headers={"Retry-After": "1", "x-should-retry": "true"}))
+            g.admitted = True
         return None
 
     @app.after_request
     def decorate(response: Response) -> Response:
+        if g.pop("admitted", False):
+            # Streams end after this hook: the slot is freed when the server closes the body.
+            response.call_on_close(admission.leave)
         origin = _allowed_origin(request.headers.get("Origin"), settings.cors_allow_origins)
         if origin:
             response.headers["Access-Control-Allow-Origin"] = origin

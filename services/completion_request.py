@@ -33,13 +33,16 @@ def _prompts(body: dict[str, Any]) -> list[str]:
     return prompts
 
 
-def parse_completion_request(body: Any, model: str | None, max_choices: int) -> CompletionRequest:
+def parse_completion_request(body: Any, model: str | None, max_choices: int, max_chars: int) -> CompletionRequest:
     if not isinstance(body, dict):
         raise invalid_request("The request body must be a JSON object.", code="invalid_json")
     model = model or body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise invalid_request("You must provide a model parameter.", param="model", code="missing_required_parameter")
     prompts = _prompts(body)
+    if sum(map(len, prompts)) > max_chars:
+        raise invalid_request(f"'prompt' holds more than {max_chars} characters (MAX_PROMPT_CHARS).", param="prompt",
+                              code="context_length_exceeded")
     # What Dify cannot do is refused clearly rather than silently ignored.
     if body.get("suffix"):
         raise invalid_request("'suffix' is not supported: Dify apps only append.", param="suffix",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from services.content import content_text
 from services.errors import invalid_request
 from services.tools import ToolRequest, parse_tool_request
 
@@ -46,6 +47,17 @@ def choice_count(body: dict[str, Any], max_choices: int) -> int:
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= max_choices:
         raise invalid_request(f"'n' must be a whole number from 1 to {max_choices}.", param="n", code="invalid_value")
     return n
+
+
+def check_size(messages: list[dict[str, Any]], max_messages: int, max_chars: int) -> None:
+    """Refuse histories beyond the configured size before any work is done on them."""
+    if len(messages) > max_messages:
+        raise invalid_request(f"'messages' has {len(messages)} messages; at most {max_messages} are accepted "
+                              "(MAX_MESSAGES).", param="messages", code="context_length_exceeded")
+    chars = sum(len(content_text(message.get("content"))) for message in messages)
+    if chars > max_chars:
+        raise invalid_request(f"The messages hold {chars} characters of text; at most {max_chars} are accepted "
+                              "(MAX_PROMPT_CHARS).", param="messages", code="context_length_exceeded")
 
 
 def parse_chat_request(body: Any, model: str | None = None, max_choices: int = 1) -> ChatRequest:

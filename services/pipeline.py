@@ -64,16 +64,19 @@ class OutputPipeline:
             elif kind == END:
                 out += self._end(*item[1])
             elif kind == ERROR:
-                out += self._flush()  # what the model said before the failure is not lost
+                out += self._flush(broken=True)  # what the model said before the failure is not lost
                 out.append(item)
             else:
                 out.append(item)
         return out
 
-    def _flush(self) -> list[Item]:
+    def _flush(self, broken: bool = False) -> list[Item]:
+        """What the stages hold; when the answer `broken` off, a half-written tool call is
+        released as text rather than completed into a call."""
         pending: list[Item] = []
         for stage in self._stages:
-            pending = _through(stage, pending) + stage.flush()
+            held = stage.release() if broken and isinstance(stage, ToolCallParser) else stage.flush()
+            pending = _through(stage, pending) + held
         return pending
 
     def _end(self, finish_reason: str, usage: Any) -> list[Item]:

@@ -25,6 +25,9 @@ REASONING = "reasoning"  # value: reasoning text (reasoning_content)
 AGENT_TOOL_CALL = "agent_tool_call"  # value: {"id", "name", "arguments"}; the tool already ran on Dify
 AGENT_TOOL_RESULT = "agent_tool_result"  # value: {"id", "name", "content"}
 
+# With keep_tags the tags are items of their own kind: rendered as content, but never cut,
+# merged or paced like text, since NextChat recognises only a chunk that is exactly a tag.
+THINK_TAG = "think_tag"
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 DETAILS_CLOSE = "</details>"
@@ -138,7 +141,7 @@ class ThinkSplitter:
         self._close_tag = THINK_CLOSE if match.lastgroup == "think" else DETAILS_CLOSE
         self._started = self._skip_space = True
         if self.keep_tags:
-            out.append((TEXT, THINK_OPEN))
+            out.append((THINK_TAG, THINK_OPEN))
         return True
 
     def _step_inside(self, out: list[tuple[str, str]]) -> bool:
@@ -154,7 +157,7 @@ class ThinkSplitter:
         self._close_tag = None
         self._skip_space = True
         if self.keep_tags:
-            out.append((TEXT, THINK_CLOSE))
+            out.append((THINK_TAG, THINK_CLOSE))
         return True
 
     def _open_prefix_start(self) -> int:

@@ -22,8 +22,9 @@ from gevent.queue import Queue
 from services.apps import DifyApp
 from services.client_watch import ClientWatch
 from services.dify_client import DifyClient
-from services.errors import OpenAIError
+from services.errors import OpenAIError, upstream_timeout
 from services.pipeline import OutputPipeline
+from services.smooth import SmoothPacer
 from services.translate import ERROR, PING, PING_ITEM, DifyEventTranslator
 from services.upstream import UpstreamStream
 
@@ -33,23 +34,34 @@ Item = tuple[str, Any]
 class ChatRelay:
     def __init__(self, client: DifyClient, app: DifyApp, dify_user: str, open_response: Callable[[], requests.Response],
                  keepalive_interval: float, translator: DifyEventTranslator,
-                 pipeline: OutputPipeline | None = None, client_socket: Any = None) -> None:
+                 pipeline: OutputPipeline | None = None, client_socket: Any = None,
+                 deadline_seconds: float = 1200.0, pacer: SmoothPacer | None = None) -> None:
         """`client_socket` (the WSGI server's, when it offers one) is watched so that a client
-        that leaves while Dify is silent is noticed at once."""
+        that leaves while Dify is silent is noticed at once; after `deadline_seconds` the
+        stream ends with an error whatever Dify does (STREAM_DEADLINE); `pacer` spreads bursts
+        of text over time (SMOOTH_OUTPUT, streams only)."""
         self._client = client
         self._app = app
         self._dify_user = dify_user
         self._upstream = UpstreamStream(open_response)
         self._watch = ClientWatch(client_socket, self._upstream.wake) if client_socket is not None else None
         self.client_gone = False
+        self._deadline = time.monotonic() + deadline_seconds
+        self._pacer = pacer
         self._keepalive = keepalive_interval
         self.translator = translator
         self._pipeline = pipeline if pipeline is not None and pipeline.active else None
         self._done = False
 
     def _next_batch(self, timeout: float) -> list[Item]:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            self._done = True
+            error = upstream_timeout("the stream reached its deadline (STREAM_DEADLINE)")
+            items: list[Item] = [(ERROR, error)]
+            return self._pipeline.process(items) if self._pipeline else items
         try:
-            events = self._upstream.read(timeout)
+            events = self._upstream.read(min(timeout, remaining))
         except OpenAIError as exc:
             self._done = True
             items = [(ERROR, exc)]
@@ -90,15 +102,40 @@ class ChatRelay:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            batch = [item for item in self._next_batch(remaining) if item[0] != PING]
+            batch = self._next_batch(remaining)
+            if self._pacer:
+                batch = self._pacer.push(batch, time.monotonic())
+            batch = [item for item in batch if item[0] != PING]
             items += batch
             if batch:
                 break
         return items
 
     def batches(self) -> Iterator[list[Item]]:
-        while not self._done:
-            batch = self._next_batch(self._keepalive)
+        if self._pacer is None:
+            while not self._done:
+                batch = self._next_batch(self._keepalive)
+                if batch:
+                    yield batch
+            return
+        yield from self._paced_batches(self._pacer)
+
+    def _paced_batches(self, pacer: SmoothPacer) -> Iterator[list[Item]]:
+        """The same batches, through the pacer: wait for Dify only until the pacer's next
+        piece is due, and after Dify's end keep going until the pacer is empty."""
+        while True:
+            now = time.monotonic()
+            deadline = pacer.next_deadline()
+            if deadline is not None and deadline <= now:
+                batch = pacer.due(now)
+            elif self._done:
+                if deadline is None or self.client_gone:
+                    return
+                gevent.sleep(deadline - now)
+                continue
+            else:
+                wait = self._keepalive if deadline is None else min(self._keepalive, deadline - now)
+                batch = pacer.push(self._next_batch(wait), time.monotonic())
             if batch:
                 yield batch
 

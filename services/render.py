@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 from services.errors import OpenAIError
-from services.reasoning import AGENT_TOOL_CALL, AGENT_TOOL_RESULT, REASONING
+from services.reasoning import AGENT_TOOL_CALL, AGENT_TOOL_RESULT, REASONING, THINK_TAG
 from services.tools import TOOL_CALL
 from services.translate import END, ERROR, PING, REPLACE, TEXT
 
@@ -128,6 +128,8 @@ class ChatChunkEncoder(_ChunkEncoder):
     def extra(self, kind: str, value: Any) -> bytes:
         if kind == REASONING:
             return self._choice({"delta": {"reasoning_content": value}}, None)
+        if kind == THINK_TAG:
+            return self.text(value)
         if kind == TOOL_CALL:
             return self._tool_call(value.id, value.name, value.arguments, self._legacy_functions)
         if kind == AGENT_TOOL_CALL:  # already run on Dify: shown, never a call to make
@@ -213,7 +215,7 @@ class ChoiceCollector:
         self.usage: dict[str, int] | None = None
 
     def add(self, kind: str, value: Any) -> None:
-        if kind == TEXT:
+        if kind in (TEXT, THINK_TAG):
             self._parts.append(value)
         elif kind == REASONING:
             self._reasoning.append(value)

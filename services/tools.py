@@ -627,6 +627,13 @@ class ToolCallParser:
             pass
         return _merge_text(items)
 
+    def release(self) -> list[tuple[str, Any]]:
+        """The answer broke off (an upstream error): whatever is held goes out as text, never
+        as a call whose arguments the model may not have finished."""
+        held = self._opener + self._buffer if self._state != _IN_TEXT else self._buffer
+        self._buffer, self._state, self._opener, self._scan_from = "", _IN_TEXT, "", 0
+        return [(TEXT, held)] if held else []
+
     def flush(self) -> list[tuple[str, Any]]:
         """The end of the answer: a held block is a call if it parses (even unclosed), else text."""
         items: list[tuple[str, Any]] = []
@@ -706,6 +713,8 @@ class ToolCallParser:
         if calls is None:
             items.append((TEXT, original))
             return
+        if not self.request.parallel:
+            calls = [] if self.calls else calls[:1]  # at most one call in the whole answer
         self.calls.extend(calls)
         items.extend((TOOL_CALL, call) for call in calls)
 

@@ -18,3 +18,13 @@ def user_message(text: str, **scenario: Any) -> list[dict[str, str]]:
 
 def chat_requests(emulator, path: str = "/v1/chat-messages") -> list[dict[str, Any]]:
     return [record for record in emulator.requests() if record["path"] == path]
+
+
+def raw_chat_request(body: dict[str, Any], key: str = "sk-opendify-test", close: bool = False) -> bytes:
+    """A whole HTTP/1.1 chat-completions request, for tests that drive a raw socket."""
+    payload = json.dumps(body).encode()
+    headers = [b"POST /v1/chat/completions HTTP/1.1", b"Host: 127.0.0.1", b"Authorization: Bearer " + key.encode(),
+               b"Content-Type: application/json", b"Content-Length: " + str(len(payload)).encode()]
+    if close:
+        headers.append(b"Connection: close")
+    return b"\r\n".join(headers) + b"\r\n\r\n" + payload

@@ -9,7 +9,7 @@ import time
 import pytest
 import requests
 
-from tests.scenarios import user_message
+from tests.scenarios import raw_chat_request, user_message
 
 
 def read_sse(response: requests.Response) -> list[str]:
@@ -53,11 +53,8 @@ def test_stream_framing_headers_and_done(http):
 
 def test_connection_closes_after_done(gateway):
     """The raw response ends right after [DONE] (old SDKs read until the body closes)."""
-    body = json.dumps(chat_body("close")).encode()
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-                     b"Authorization: Bearer sk-opendify-test\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        sock.sendall(raw_chat_request(chat_body("close"), close=True))
         data = b""
         while chunk := sock.recv(65536):  # returns b"" once the server closed: no hang
             data += chunk

@@ -10,6 +10,7 @@ from services.reasoning import (
     AGENT_TOOL_RESULT,
     REASONING,
     TEXT,
+    THINK_TAG,
     AgentThoughts,
     ThinkSplitter,
 )
@@ -122,16 +123,16 @@ def test_flush_resets_for_the_next_answer():
 
 def test_keep_tags_emits_tags_as_their_own_text_items():
     assert split_run(["<think>\nabc\n</think>\n\nHi"], keep_tags=True) == [
-        (TEXT, "<think>"), (TEXT, "abc\n"), (TEXT, "</think>"), (TEXT, "Hi")]
+        (THINK_TAG, "<think>"), (TEXT, "abc\n"), (THINK_TAG, "</think>"), (TEXT, "Hi")]
 
 
 def test_keep_tags_normalises_the_details_wrapper():
     assert split_run([DIFY_DETAILS + "r</details>t"], keep_tags=True) == [
-        (TEXT, "<think>"), (TEXT, "r"), (TEXT, "</think>"), (TEXT, "t")]
+        (THINK_TAG, "<think>"), (TEXT, "r"), (THINK_TAG, "</think>"), (TEXT, "t")]
 
 
 def test_keep_tags_unterminated_block_is_text():
-    assert split_run(["<think>abc"], keep_tags=True) == [(TEXT, "<think>"), (TEXT, "abc")]
+    assert split_run(["<think>abc"], keep_tags=True) == [(THINK_TAG, "<think>"), (TEXT, "abc")]
 
 
 SAMPLES = [
@@ -186,7 +187,7 @@ def test_random_tag_soup_is_split_invariant(fragments, points, keep_tags):
     items = split_run(pieces, keep_tags)
     assert merged(items) == merged(split_run([answer], keep_tags))
     if keep_tags:
-        assert all(kind == TEXT for kind, _ in items)
+        assert all(kind in (TEXT, THINK_TAG) for kind, _ in items)
 
 
 # --- AgentThoughts ---------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import requests
 
 from tests.conftest import CLIENT_KEY
 from tests.gateway_process import free_port
-from tests.scenarios import user_message
+from tests.scenarios import raw_chat_request, user_message
 from tests.test_http_surface import assert_openai_error, chat_body, read_sse
 
 
@@ -122,12 +122,9 @@ def quiet_gateway(start_gateway):
 def test_client_disconnect_closes_upstream_and_calls_dify_stop(quiet_gateway, recorded, ping_interval_s):
     """Also while Dify and the gateway are both silent: the client socket is watched."""
     gateway = quiet_gateway
-    body = json.dumps(chat_body("leave", never_end=True, ping_interval_s=ping_interval_s)).encode()
     before = set(recorded.streams()["active_tasks"])  # streams of earlier tests may still be winding down
     sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + CLIENT_KEY.encode()
-                 + b"\r\nContent-Type: application/json\r\nContent-Length: " + str(len(body)).encode()
-                 + b"\r\n\r\n" + body)
+    sock.sendall(raw_chat_request(chat_body("leave", never_end=True, ping_interval_s=ping_interval_s)))
     assert b"200 OK" in sock.recv(65536)
     [task_id] = wait_for(lambda: set(recorded.streams()["active_tasks"]) - before, what="new Dify stream")
     sock.close()
