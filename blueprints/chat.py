@@ -78,14 +78,13 @@ def answer_chat(body: Any, model: str | None = None) -> Response:
             relay.close()
 
     batches = merged_batches(relays, prefetched)
+    legacy = bool(chat.tools and chat.tools.legacy)
     if not chat.stream:
         collectors = [ChoiceCollector() for _ in relays]
         usage = collect(batches, collectors, close)
-        legacy = bool(chat.tools and chat.tools.legacy)
         response = jsonify(chat_completion_body(completion_id, created, chat.model, collectors, usage, legacy))
         response.headers.update(headers)
         return response
-    legacy = bool(chat.tools and chat.tools.legacy)
     encoders = [ChatChunkEncoder(completion_id, created, chat.model, index, legacy) for index in range(chat.n)]
     return Response(sse_body(batches, encoders, chat.include_usage, close), status=200,
                     headers={**STREAM_HEADERS, **headers}, content_type=SSE_CONTENT_TYPE)
@@ -160,15 +159,18 @@ def _relay(gateway: Gateway, memory: MemoryMode, app: DifyApp, dify_user: str, c
     thoughts = None if settings.agent_thoughts == "hidden" else AgentThoughts(settings.agent_thoughts)
     translator = DifyEventTranslator(app.mode, thoughts, gateway.dify.origin, settings.workflow_progress)
     pipeline = OutputPipeline(stages, suffix=lambda: memory.reply_suffix(translator.conversation_id, turn))
-    open_stream = partial(gateway.dify.open_stream, app.key, dify_route(app), payload)
     pacer = SmoothPacer(max_lag=settings.smooth_max_lag) if chat.stream and settings.smooth_output else None
+    return new_relay(gateway, app, dify_user, payload, translator, pipeline, pacer)
+
+
+def new_relay(gateway: Gateway, app: DifyApp, dify_user: str, payload: dict[str, Any], translator: DifyEventTranslator,
+              pipeline: OutputPipeline, pacer: SmoothPacer | None = None) -> ChatRelay:
+    """A relay for one Dify run of this request (its client socket is watched: gunicorn's
+    workers put it in the WSGI environ)."""
+    settings = gateway.settings
+    open_stream = partial(gateway.dify.open_stream, app.key, dify_route(app), payload)
     return ChatRelay(gateway.dify, app, dify_user, open_stream, settings.keepalive_interval, translator, pipeline,
-                     client_socket(request.environ), settings.stream_deadline, pacer)
-
-
-def client_socket(environ: dict[str, Any]) -> Any:
-    """The client's socket, which gunicorn's workers put in the WSGI environ."""
-    return environ.get("gunicorn.socket")
+                     request.environ.get("gunicorn.socket"), settings.stream_deadline, pacer)
 
 
 def conversation_not_found(conversation_id: str) -> OpenAIError:

@@ -7,20 +7,18 @@ expect.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify
-from flask import request as flask_request
 
-from blueprints.chat import SSE_CONTENT_TYPE, STREAM_HEADERS, client_socket
+from blueprints.chat import SSE_CONTENT_TYPE, STREAM_HEADERS, new_relay
 from blueprints.edge import read_json
 from services.auth import dify_user_for
 from services.completion_request import parse_completion_request
-from services.dify_calls import dify_payload, dify_route
+from services.dify_calls import dify_payload
 from services.gateway import current_gateway
 from services.pipeline import OutputPipeline
-from services.relay import ChatRelay, merged_batches, prefetch_all, raise_first_refusal
+from services.relay import merged_batches, prefetch_all, raise_first_refusal
 from services.render import ChoiceCollector, TextChunkEncoder, collect, new_id, now, sse_body, text_completion_body
 from services.stages import StopSequences
 from services.translate import DifyEventTranslator
@@ -45,14 +43,13 @@ def answer_completion(body: Any, model: str | None = None) -> Response:
     app = gateway.registry.resolve(request.model)
     dify_user = dify_user_for(request.user, g.client_key)
     prompts = [prompt for prompt in request.prompts for _ in range(request.n)]
-    payloads = [dify_payload(app, text=prompt, conversation_id=None, user=dify_user, inputs=request.inputs)
-                for prompt in prompts]
-    open_streams = [partial(gateway.dify.open_stream, app.key, dify_route(app), payload) for payload in payloads]
-    relays = [ChatRelay(gateway.dify, app, dify_user, open_stream, gateway.settings.keepalive_interval,
-                        DifyEventTranslator(app.mode, file_origin=gateway.dify.origin),
-                        OutputPipeline([StopSequences(list(request.stop))] if request.stop else []),
-                        client_socket(flask_request.environ), gateway.settings.stream_deadline)
-              for open_stream in open_streams]
+    relays = [
+        new_relay(gateway, app, dify_user,
+                  dify_payload(app, text=prompt, conversation_id=None, user=dify_user, inputs=request.inputs),
+                  DifyEventTranslator(app.mode, file_origin=gateway.dify.origin),
+                  OutputPipeline([StopSequences(list(request.stop))] if request.stop else []))
+        for prompt in prompts
+    ]
     prefetched = prefetch_all(relays, gateway.settings.first_event_wait)
     raise_first_refusal(relays, prefetched)
     completion_id, created = new_id("cmpl"), now()

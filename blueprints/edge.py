@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Paths a client may call without a key.
-_OPEN_PATHS = {"/healthz", "/readyz"}
+_OPEN_PATHS = {"/healthz", "/readyz", "/openapi.yaml", "/v1/openapi.yaml"}
 _ALLOWED_HEADERS = (
     "Authorization, Content-Type, Accept, api-key, X-API-Key, OpenAI-Organization, OpenAI-Project, "
     "X-Request-Id, X-Dify-Conversation-Id, X-Stainless-Arch, X-Stainless-Lang, X-Stainless-OS, "

@@ -1,12 +1,11 @@
 """One Dify call relayed to one client.
 
-`ChatRelay` reads the upstream stream, runs each Dify event through the translator and hands
-out batches of output items: several Dify events that arrived together become one batch
-(one client write). While Dify is silent it hands out a keep-alive item every
-KEEPALIVE_INTERVAL, which is also how a vanished client is noticed (the next write fails).
-When the relay is closed before Dify finished (client gone, upstream fault) the upstream
-connection is dropped and Dify's stop endpoint is called for the task, with the same
-`user`, in the background.
+`ChatRelay` reads the upstream stream, runs each Dify event through the translator and the
+output pipeline, and hands out batches of output items: several Dify events that arrived
+together become one batch (one client write). While Dify is silent it hands out a
+keep-alive item every KEEPALIVE_INTERVAL. When the relay is closed before Dify finished
+(client gone, upstream fault, stop sequence, deadline) the upstream connection is dropped
+and Dify's stop endpoint is called for the task, with the same `user`, in the background.
 """
 
 from __future__ import annotations
