@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench lint emulator
+.PHONY: run test bench bench-faults lint emulator
 
 $(BIN)/.runtime: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: $(BIN)/.dev
 ## Benchmarks: the gateway against the emulator called directly, in one run.
 bench: $(BIN)/.dev
 	$(BIN)/python -m bench
+
+## The fault and load report: disconnect storms, 1,000 held streams, upstream faults.
+bench-faults: $(BIN)/.dev
+	$(BIN)/python -m bench faults
 
 ## Only the Dify emulator (http://127.0.0.1:5001/v1), for local development.
 emulator: $(BIN)/.runtime

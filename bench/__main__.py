@@ -1,6 +1,7 @@
-"""`python -m bench`: the Dify emulator called directly vs the same traffic through the gateway.
+"""`python -m bench [faults | all]`: see bench/cli.py and bench/README.md.
 
-See bench/README.md for what each figure means and its target.
+`python -m bench` compares the Dify emulator called directly with the same traffic through
+the gateway; `faults` runs the fault and load report; `all` runs both.
 """
 
 # The load client is gevent-based: patch before anything imports socket, ssl or requests.
@@ -10,6 +11,6 @@ monkey.patch_all()
 
 import sys  # noqa: E402
 
-from bench.run import main  # noqa: E402
+from bench.cli import main  # noqa: E402
 
-sys.exit(main())
+sys.exit(main(sys.argv[1:]))

@@ -34,6 +34,11 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+def fd_count(pid: int) -> int:
+    """Open file descriptors (sockets included): the entries of /proc/<pid>/fd."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
 def children(pid: int) -> list[int]:
     """Direct children of a process (gunicorn's master -> its workers)."""
     path = Path(f"/proc/{pid}/task/{pid}/children")

@@ -15,7 +15,7 @@ COLUMNS = ("figure", "direct", "gateway", "difference", "target", "")
 WIDTHS = (44, 11, 11, 14, 16, 6)
 
 
-def _num(value: Any, digits: int = 1) -> str:
+def num(value: Any, digits: int = 1) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     if isinstance(value, int):
@@ -23,7 +23,7 @@ def _num(value: Any, digits: int = 1) -> str:
     return f"{value:,.{digits}f}"
 
 
-def _verdict(value: Any, limit: float) -> str:
+def verdict(value: Any, limit: float) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "?"
     return "ok" if value <= limit else "MISS"
@@ -39,70 +39,70 @@ def _line(cells: tuple[str, ...]) -> str:
     return (first.ljust(WIDTHS[0]) + right).rstrip()
 
 
-def _section(results: dict[str, Any], name: str) -> dict[str, Any] | None:
+def section(results: dict[str, Any], name: str) -> dict[str, Any] | None:
     figures = results.get(name)
     return None if not figures or "crashed" in figures else figures
 
 
 def _rows(results: dict[str, Any]) -> list[tuple[str, ...] | str]:
     rows: list[tuple[str, ...] | str] = []
-    t = _section(results, "throughput")
+    t = section(results, "throughput")
     if t:
         rows.append(f"1. Non-streaming, {t['requests']} requests, {t['concurrency']} concurrent")
-        rows.append(("  requests/s", _num(t["direct_rps"]), _num(t["gateway_rps"]), f"x{t['ratio']:.2f}", "", ""))
+        rows.append(("  requests/s", num(t["direct_rps"]), num(t["gateway_rps"]), f"x{t['ratio']:.2f}", "", ""))
         cpu = t["gateway_cpu_ms_per_request"]
-        rows.append(("  gateway CPU per request (ms)", "", _num(cpu, 3), _kernel(t["gateway_cpu_system_share"]),
-                     "<= 1.1", _verdict(cpu, 1.1)))
-        rows.append(("  emulator CPU per request (ms)", _num(t["emulator_cpu_ms_per_request_direct"], 3),
-                     _num(t["emulator_cpu_ms_per_request_via_gateway"], 3), "", "", ""))
-        rows.append(("  load client CPU per request (ms)", _num(t["client_cpu_ms_per_request_direct"], 3),
-                     _num(t["client_cpu_ms_per_request_via_gateway"], 3), "", "", ""))
+        rows.append(("  gateway CPU per request (ms)", "", num(cpu, 3), _kernel(t["gateway_cpu_system_share"]),
+                     "<= 1.1", verdict(cpu, 1.1)))
+        rows.append(("  emulator CPU per request (ms)", num(t["emulator_cpu_ms_per_request_direct"], 3),
+                     num(t["emulator_cpu_ms_per_request_via_gateway"], 3), "", "", ""))
+        rows.append(("  load client CPU per request (ms)", num(t["client_cpu_ms_per_request_direct"], 3),
+                     num(t["client_cpu_ms_per_request_via_gateway"], 3), "", "", ""))
         errors = t["direct"]["errors"] + t["gateway"]["errors"]
-        rows.append(("  errors", _num(t["direct"]["errors"]), _num(t["gateway"]["errors"]), "", "0",
-                     _verdict(errors, 0)))
-    f = _section(results, "first_byte")
+        rows.append(("  errors", num(t["direct"]["errors"]), num(t["gateway"]["errors"]), "", "0",
+                     verdict(errors, 0)))
+    f = section(results, "first_byte")
     if f:
         rows.append(f"2. Time to first content event, {f['requests']} sequential streams")
-        rows.append(("  p50 (ms)", _num(f["direct_p50_ms"], 2), _num(f["gateway_p50_ms"], 2),
-                     f"+{_num(f['added_p50_ms'], 2)}", "added <= 2", _verdict(f["added_p50_ms"], 2)))
-        rows.append(("  p99 (ms)", _num(f["direct_p99_ms"], 2), _num(f["gateway_p99_ms"], 2),
-                     f"+{_num(f['added_p99_ms'], 2)}", "", ""))
-        rows.append(("  errors", _num(f["direct"]["errors"]), _num(f["gateway"]["errors"]), "", "0",
-                     _verdict(f["direct"]["errors"] + f["gateway"]["errors"], 0)))
-    r = _section(results, "relay_cost")
+        rows.append(("  p50 (ms)", num(f["direct_p50_ms"], 2), num(f["gateway_p50_ms"], 2),
+                     f"+{num(f['added_p50_ms'], 2)}", "added <= 2", verdict(f["added_p50_ms"], 2)))
+        rows.append(("  p99 (ms)", num(f["direct_p99_ms"], 2), num(f["gateway_p99_ms"], 2),
+                     f"+{num(f['added_p99_ms'], 2)}", "", ""))
+        rows.append(("  errors", num(f["direct"]["errors"]), num(f["gateway"]["errors"]), "", "0",
+                     verdict(f["direct"]["errors"] + f["gateway"]["errors"], 0)))
+    r = section(results, "relay_cost")
     if r:
         rows.append(f"3. Relay cost, {r['streams']} streams x {r['tokens_per_stream']} tokens (back to back)")
-        rows.append(("  content events/s", _num(r["direct_events_per_s"], 0), _num(r["gateway_events_per_s"], 0),
+        rows.append(("  content events/s", num(r["direct_events_per_s"], 0), num(r["gateway_events_per_s"], 0),
                      "", "", ""))
         cpu = r["gateway_cpu_us_per_event"]
-        rows.append(("  gateway CPU per event (us)", "", _num(cpu), _kernel(r["gateway_cpu_system_share"]), "<= 40",
-                     _verdict(cpu, 40)))
+        rows.append(("  gateway CPU per event (us)", "", num(cpu), _kernel(r["gateway_cpu_system_share"]), "<= 40",
+                     verdict(cpu, 40)))
         rows.append((f"  paced: {r['paced_streams']} x {r['paced_tokens_per_stream']} tokens, "
-                     f"{r['paced_delay_ms']:g} ms apart (us)", "", _num(r["paced_cpu_us_per_event"]),
+                     f"{r['paced_delay_ms']:g} ms apart (us)", "", num(r["paced_cpu_us_per_event"]),
                      _kernel(r["paced_cpu_system_share"]), "", ""))
         errors = sum(r[side]["errors"] for side in ("direct", "gateway", "paced"))
         missing = r["gateway_events_missing"] + r["paced_events_missing"]
-        rows.append(("  errors / events missing", "", f"{errors} / {missing}", "", "0", _verdict(errors + missing, 0)))
-    m = _section(results, "memory")
+        rows.append(("  errors / events missing", "", f"{errors} / {missing}", "", "0", verdict(errors + missing, 0)))
+    m = section(results, "memory")
     if m:
         rows.append(f"4. Memory, {m['streams']} held slow streams (fresh gateway)")
         rows.append(("  worker RSS before -> held (MiB)", "", f"{m['rss_before_kib'] / 1024:.1f} -> "
                      f"{m['rss_held_kib'] / 1024:.1f}", "", "", ""))
         kib = m["kib_per_stream"]
-        rows.append(("  RSS per held stream (KiB)", "", _num(kib), "", "<= 40", _verdict(kib, 40)))
-        rows.append(("  errors", "", _num(m["errors"]), "", "0", _verdict(m["errors"], 0)))
-    h = _section(results, "held")
+        rows.append(("  RSS per held stream (KiB)", "", num(kib), "", "<= 40", verdict(kib, 40)))
+        rows.append(("  errors", "", num(m["errors"]), "", "0", verdict(m["errors"], 0)))
+    h = section(results, "held")
     if h:
         rows.append(f"5. {h['streams']:,} held streams on one worker")
         rows.append(("  held / opened in (s)", "", f"{h['held']:,} / {h['open_seconds']:.1f}", "", "", ""))
-        rows.append(("  errors", "", _num(h["errors"]), "", "0", _verdict(h["errors"], 0)))
+        rows.append(("  errors", "", num(h["errors"]), "", "0", verdict(h["errors"], 0)))
         per_stream = (h["rss_held_kib"] - h["rss_before_kib"]) / h["streams"]
-        rows.append(("  RSS per held stream (KiB)", "", _num(per_stream), "", "", ""))
+        rows.append(("  RSS per held stream (KiB)", "", num(per_stream), "", "", ""))
         release = h["release_seconds"] if h["released"] else math.nan
         left = h["active_after"] if h["active_after"] is not None else math.nan
-        rows.append(("  upstream streams ended after close (s)", "", _num(release, 2), "", "<= 5",
-                     _verdict(release, 5)))
-        rows.append(("  emulator streams still active", "", _num(left), "", "0", _verdict(left, 0)))
+        rows.append(("  upstream streams ended after close (s)", "", num(release, 2), "", "<= 5",
+                     verdict(release, 5)))
+        rows.append(("  emulator streams still active", "", num(left), "", "0", verdict(left, 0)))
     return rows
 
 

@@ -132,10 +132,9 @@ def measure_all(runner: Runner) -> None:
                 gateway, HELD_STREAMS, HELD_DIRECTIVE, HOLD_SECONDS, emulator.streams, RELEASE_TIMEOUT))
 
 
-def main() -> int:
-    fd_limit = raise_fd_limit()
-    started = time.perf_counter()
-    results: dict[str, Any] = {"meta": {
+def machine_meta(fd_limit: int) -> dict[str, Any]:
+    """The header of a results file: when, what, and on which machine."""
+    return {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "commit": git_commit(),
         "cores": os.cpu_count(),
@@ -145,7 +144,13 @@ def main() -> int:
         "clock_ticks_per_s": procstat.CLOCK_TICKS,
         "load_average_before": os.getloadavg()[0],
         "python_reference_us": calibrate.reference_us(),
-    }}
+    }
+
+
+def main() -> int:
+    fd_limit = raise_fd_limit()
+    started = time.perf_counter()
+    results: dict[str, Any] = {"meta": machine_meta(fd_limit)}
     runner = Runner(results)
     try:
         measure_all(runner)

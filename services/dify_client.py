@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import NameResolutionError, NewConnectionError
 from urllib3.util.retry import Retry
 
 from services.errors import OpenAIError, from_dify_error, server_error, upstream_timeout, upstream_unreachable
@@ -65,10 +66,19 @@ class DifyClient:
             response = self._adapter.send(prepared, stream=stream, timeout=(wait, wait), **self._send_options)
         except requests.exceptions.Timeout:
             raise upstream_timeout(f"{method} {path}") from None
+        except requests.exceptions.ConnectionError as exc:
+            if _never_connected(exc):
+                raise upstream_unreachable(f"{method} {path} failed ({type(exc).__name__})") from None
+            # The request went out and the connection broke: Dify may have started the run, so
+            # a retry could run it twice.
+            raise server_error(f"the connection to Dify broke before it answered {method} {path}", 502,
+                               "upstream_disconnected", retry=False) from None
         except requests.exceptions.RequestException as exc:
             raise upstream_unreachable(f"{method} {path} failed ({type(exc).__name__})") from None
         if response.status_code >= 300:
             raise _error_from_response(response, path)
+        if not stream:
+            _ = response.content  # read to the end, so the connection goes back to the pool
         return response
 
     def get_json(self, app_key: str, path: str) -> dict[str, Any]:
@@ -129,6 +139,12 @@ def iter_body(response: requests.Response) -> Iterator[bytes]:
         return
     while data := raw.read1(65536):
         yield data
+
+
+def _never_connected(error: requests.exceptions.ConnectionError) -> bool:
+    """True when no connection was made (refused, DNS failure): nothing reached Dify."""
+    reason = getattr(error.args[0], "reason", None) if error.args else None
+    return isinstance(reason, NewConnectionError | NameResolutionError)
 
 
 def _error_from_response(response: requests.Response, path: str) -> OpenAIError:

@@ -28,10 +28,11 @@ class MalformedStream(Exception):
 class SSEDecoder:
     """Incremental decoder: `feed(bytes)` returns the complete events seen so far."""
 
-    __slots__ = ("_pending",)
+    __slots__ = ("_pending", "_skipped")
 
     def __init__(self) -> None:
         self._pending = b""
+        self._skipped = 0
 
     def feed(self, data: bytes) -> list[dict[str, Any]]:
         if self._pending:
@@ -46,6 +47,11 @@ class SSEDecoder:
                 event = _decode_data(line[5:])
                 if event is not None:
                     events.append(event)
+                else:
+                    self._skipped += 1
+                    if self._skipped == 1:  # once per stream: a broken upstream must not flood the log
+                        log.warning("skipped an upstream SSE data line that is not a JSON object (%d bytes)",
+                                    len(line))
             elif line.startswith(b"event:") and line[6:].strip() == b"ping":
                 events.append(PING)
             # Blank lines, comments and other fields carry nothing Dify uses.
@@ -61,9 +67,5 @@ def _decode_data(payload: bytes) -> dict[str, Any] | None:
     try:
         event = simplejson.loads(payload)
     except (ValueError, UnicodeDecodeError):
-        log.warning("skipped an upstream SSE data line that is not JSON (%d bytes)", len(payload))
         return None
-    if not isinstance(event, dict):
-        log.warning("skipped an upstream SSE data line that is not a JSON object")
-        return None
-    return event
+    return event if isinstance(event, dict) else None

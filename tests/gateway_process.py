@@ -60,8 +60,9 @@ class GatewayProcess:
             except requests.RequestException:
                 pass
             time.sleep(0.1)
+        output = self.output()
         self.stop()
-        raise RuntimeError(f"the gateway was not ready within {timeout} s:\n{self.output()}")
+        raise RuntimeError(f"the gateway was not ready within {timeout} s:\n{output}")
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -81,6 +82,7 @@ class GatewayProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
+        self.log_path.unlink(missing_ok=True)
 
     def __enter__(self) -> GatewayProcess:
         return self
