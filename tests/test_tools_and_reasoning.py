@@ -81,31 +81,39 @@ def only_query(emulator) -> str:
 
 
 @pytest.fixture(scope="module")
-def zero_width_gateway(start_gateway):
-    gateway = start_gateway(CONVERSATION_MEMORY_MODE="2")
-    yield gateway
-    gateway.stop()
+def gateway_with(start_gateway):
+    """Gateways with other settings, one per distinct setting, stopped with the module."""
+    started = {}
+
+    def get(**env):
+        key = tuple(sorted(env.items()))
+        if key not in started:
+            started[key] = start_gateway(**env)
+        return started[key]
+
+    yield get
+    for other in started.values():
+        other.stop()
 
 
-@pytest.fixture(scope="module")
-def think_content_gateway(start_gateway):
-    gateway = start_gateway(THINK_TAGS="content")
-    yield gateway
-    gateway.stop()
+@pytest.fixture
+def zero_width_gateway(gateway_with):
+    return gateway_with(CONVERSATION_MEMORY_MODE="2")
 
 
-@pytest.fixture(scope="module")
-def agent_tool_calls_gateway(start_gateway):
-    gateway = start_gateway(AGENT_THOUGHTS="tool_calls")
-    yield gateway
-    gateway.stop()
+@pytest.fixture
+def think_content_gateway(gateway_with):
+    return gateway_with(THINK_TAGS="content")
 
 
-@pytest.fixture(scope="module")
-def agent_hidden_gateway(start_gateway):
-    gateway = start_gateway(AGENT_THOUGHTS="hidden")
-    yield gateway
-    gateway.stop()
+@pytest.fixture
+def agent_tool_calls_gateway(gateway_with):
+    return gateway_with(AGENT_THOUGHTS="tool_calls")
+
+
+@pytest.fixture
+def agent_hidden_gateway(gateway_with):
+    return gateway_with(AGENT_THOUGHTS="hidden")
 
 
 # --- raw SSE: every line and every delta checked ---------------------------------------------
