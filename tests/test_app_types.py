@@ -122,3 +122,10 @@ def test_mode_is_inferred_for_dify_before_1_4(inputs_setup):
     assert client.chat.completions.create(model="legacy-chat", messages=user_message("b")).choices[0] \
         .message.content.startswith("You said: b")
     assert len(calls(emulator, "/v1/workflows/run")) == 1 and len(calls(emulator, "/v1/chat-messages")) == 1
+
+
+def test_stopped_workflow_ends_normally_with_what_it_said(app_types_client):
+    completion = app_types_client.chat.completions.create(
+        model="demo-workflow", messages=user_message("a b c", workflow_status="stopped"))
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.choices[0].message.content.startswith("You said:")
