@@ -36,7 +36,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     from flask import Flask
 
-    from blueprints import chat, completions, edge, health, models
+    from blueprints import chat, completions, docs, edge, health, models
     from memory_modes import memory_mode
     from services.admission import Admission
     from services.apps import AppRegistry
@@ -63,6 +63,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         for blueprint in (chat.bp, completions.bp, models.bp):
             app.register_blueprint(blueprint, url_prefix=prefix, name=f"{blueprint.name}{prefix.replace('/', '_')}")
     app.register_blueprint(health.bp)
+    app.register_blueprint(docs.bp)
     registry.start()
     return app
 

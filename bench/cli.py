@@ -10,7 +10,8 @@ from collections.abc import Callable
 
 USAGE = """usage: python -m bench [faults | all]
 
-  (no argument)  the emulator called directly vs through the gateway -> bench/results/latest.json
+  (no argument)  the emulator called directly vs through the gateway; smooth output on vs off
+                 -> bench/results/latest.json
   faults         disconnect storms, 1,000 held streams, upstream faults -> bench/results/faults.json
   all            both, one after the other
 """

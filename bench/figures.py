@@ -1,4 +1,4 @@
-"""The five measurements. Each returns a flat dict of figures (JSON-ready); none asserts anything.
+"""The six measurements. Each returns a flat dict of figures (JSON-ready); none asserts anything.
 
 `Side` bundles what a measurement needs about one running process: the target to send
 traffic to and the pid whose CPU and memory are read (the gunicorn *worker*, not the master).
@@ -15,7 +15,17 @@ from typing import Any
 import gevent
 
 from bench import procstat
-from bench.load import Batch, HeldStreams, alternate, read_body, read_stream, run_batch
+from bench.load import (
+    Batch,
+    HeldStreams,
+    Timeline,
+    alternate,
+    read_body,
+    read_stream,
+    read_timeline,
+    run_batch,
+    staggered,
+)
 from bench.targets import Target
 
 SHORT = {"tokens": 20}
@@ -266,4 +276,75 @@ def held_streams(gateway: Side, streams: int, directive: dict[str, Any], hold_se
         "active_after": left,
         "emulator_started": snapshot["started"],
         "emulator_finished": snapshot["finished"],
+    }
+
+
+def _on_and_off(off: Side, on: Side, directive: dict[str, Any], streams: int, rounds: int,
+                gap_after: float) -> dict[str, Any]:
+    """`streams` concurrent streams on each gateway, both at once (the same conditions for
+    both), in `rounds`; what the client saw of each side, and how late the paced ends were.
+
+    The streams of a side start spread over one pause of the directive, as independent users
+    would: started together, every gateway would get all their events at the same moment and
+    relay the last of them tens of milliseconds late. A paced stream's end delay is its
+    duration (sending -> [DONE]) minus the median duration of the unpaced streams of its round;
+    the unpaced streams' own lateness against that median shows the noise. `gap_after` is where
+    the largest gap starts counting (see `Timeline.largest_gap`).
+    """
+    spacing = directive["delay_ms"] / 1000 / streams
+    sides = {"off": off, "on": on}
+    read = read_timeline(off.target.content_marker)
+    timelines: dict[str, list[Timeline]] = {"off": [], "on": []}
+    batches = {"off": Batch(), "on": Batch()}  # errors only
+    cpu = {"off": 0.0, "on": 0.0}
+    late: dict[str, list[float]] = {"off": [], "on": []}  # seconds after the round's unpaced median
+    for _ in range(rounds):
+        meters = {name: procstat.CpuMeter(side.pid).start() for name, side in sides.items()}
+        runs = {name: gevent.spawn(staggered, side.target, side.target.request(directive), streams, spacing, read)
+                for name, side in sides.items()}
+        gevent.joinall(list(runs.values()), raise_error=True)
+        unpaced = percentile([timeline.seconds for timeline in runs["off"].value.values], 50)
+        for name, run in runs.items():
+            cpu[name] += meters[name].stop()
+            batch: Batch = run.value
+            batches[name].errors += batch.errors
+            batches[name].error_samples += batch.error_samples[:5 - len(batches[name].error_samples)]
+            timelines[name] += batch.values
+            late[name] += [timeline.seconds - unpaced for timeline in batch.values]
+
+    figures: dict[str, Any] = {"directive": directive, "streams": streams, "rounds": rounds}
+    for name, lines in timelines.items():
+        count = max(1, len(lines))
+        gaps = [gap for gap in (line.largest_gap(gap_after) for line in lines) if not math.isnan(gap)]
+        figures[f"{name}_seconds"] = sum(line.seconds for line in lines) / count if lines else math.nan
+        figures[f"{name}_writes_per_stream"] = sum(len(line.writes) for line in lines) / count
+        figures[f"{name}_largest_gap_p50_ms"] = percentile(gaps, 50) * 1000
+        figures[f"{name}_largest_gap_max_ms"] = max(gaps, default=math.nan) * 1000
+        figures[f"{name}_late_p50_ms"] = percentile(late[name], 50) * 1000
+        figures[f"{name}_late_max_ms"] = max(late[name], default=math.nan) * 1000
+        figures[f"{name}_cpu_ms_per_stream"] = cpu[name] * 1000 / count
+        figures[name] = _errors(batches[name])
+    figures["ratio"] = figures["on_seconds"] / figures["off_seconds"]
+    figures["added_ms"] = (figures["on_seconds"] - figures["off_seconds"]) * 1000
+    return figures
+
+
+def smooth_output(off: Side, on: Side, bursty: dict[str, Any], steady: dict[str, Any], streams: int,
+                  rounds: int, steady_rounds: int) -> dict[str, Any]:
+    """6. The smooth-output pacer: a gateway with it on against one with it off (both fresh:
+    the main gateway's heap after figure 5's 1,000 streams would slow the "off" side).
+
+    "bursty": Dify sends bursts (`burst` events per write, `delay_ms` apart), which the pacer
+    spreads; gaps count from half a burst interval after the first write, since the first
+    burst goes out at once and the wait for the second cannot be known in advance. "steady":
+    Dify sends one event every `delay_ms`, which the pacer must pass on untouched.
+    """
+    warm = Batch()
+    for side in (off, on):
+        warm.errors += run_batch(side.target, side.target.request(SHORT), 20, 5,
+                                 read_stream(side.target.content_marker)).errors
+    return {
+        "bursty": _on_and_off(off, on, bursty, streams, rounds, gap_after=bursty["delay_ms"] / 2000),
+        "steady": _on_and_off(off, on, steady, streams, steady_rounds, gap_after=steady["delay_ms"] / 2000),
+        "warmup": _errors(warm),
     }

@@ -7,6 +7,7 @@ raised: a benchmark reports errors as a figure.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -75,6 +76,41 @@ def read_stream(marker: bytes) -> Callable[[Response, float], StreamResult]:
     return read
 
 
+@dataclass
+class Timeline:
+    """When a stream's content arrived: one time per client write that carried content."""
+
+    writes: list[float]  # seconds from sending the request to each write that completed a content event
+    seconds: float  # sending the request -> end of the body ([DONE] and the last chunk)
+
+    def largest_gap(self, after: float) -> float:
+        """The longest wait between consecutive content writes, among those that arrived
+        `after` seconds or more after the first one (NaN when fewer than two did)."""
+        later = [at for at in self.writes if at >= self.writes[0] + after]
+        return max((b - a for a, b in zip(later, later[1:], strict=False)), default=math.nan)
+
+
+def read_timeline(marker: bytes) -> Callable[[Response, float], Timeline]:
+    """A reader for streams that records when each content-carrying write arrived.
+
+    The gateway sends one HTTP chunk per write, so chunks are its writes (several that arrive
+    in one network read still count one by one)."""
+
+    def read(response: Response, sent_at: float) -> Timeline:
+        counter = EventCounter(marker)
+        writes = []
+        for chunk in response.chunks():
+            before = counter.count
+            counter.feed(chunk)
+            if counter.count > before:
+                writes.append(time.perf_counter() - sent_at)
+        if not writes:
+            raise BadResponse("the stream ended without a content event")
+        return Timeline(writes, time.perf_counter() - sent_at)
+
+    return read
+
+
 class Client:
     """One keep-alive connection that reconnects when the server closed it or a call failed."""
 
@@ -122,6 +158,27 @@ def run_batch(target: Target, raw: bytes, count: int, concurrency: int,
 
     started = time.perf_counter()
     gevent.joinall([gevent.spawn(worker) for _ in range(min(concurrency, count))])
+    batch.seconds = time.perf_counter() - started
+    return batch
+
+
+def staggered(target: Target, raw: bytes, count: int, spacing: float,
+              read: Callable[[Response, float], Any]) -> Batch:
+    """`count` concurrent requests, one connection each, started `spacing` seconds apart, so
+    that streams with pauses do not all get their events at the same moment."""
+    batch = Batch()
+
+    def one() -> None:
+        client = Client(target)
+        try:
+            batch.values.append(client.call(raw, read))
+        except Exception as exc:
+            batch.fail(f"{type(exc).__name__}: {exc}")
+        finally:
+            client.close()
+
+    started = time.perf_counter()
+    gevent.joinall([gevent.spawn_later(index * spacing, one) for index in range(count)])
     batch.seconds = time.perf_counter() - started
     return batch
 

@@ -14,6 +14,13 @@ from typing import Any
 COLUMNS = ("figure", "direct", "gateway", "difference", "target", "")
 WIDTHS = (44, 11, 11, 14, 16, 6)
 
+# Figure 6 (ms). Pacing never makes a stream slower than Dify: a paced stream ends at most
+# SMOOTH_MAX_LAG_MS (50) after Dify's end, plus noise, which the unpaced streams show.
+SMOOTH_ADDED_MS = 60  # mean duration, paced - unpaced
+SMOOTH_END_DELAY_MS = 50  # p50; the max may add the unpaced streams' own lateness
+SMOOTH_GAP_MS = 50  # a paced stream's largest gap (p50): 3 piece intervals at 60 pieces/s
+SMOOTH_STEADY_ADDED_MS = 10  # steady text passes untouched: mean duration, paced - unpaced
+
 
 def num(value: Any, digits: int = 1) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -103,14 +110,51 @@ def _rows(results: dict[str, Any]) -> list[tuple[str, ...] | str]:
         rows.append(("  upstream streams ended after close (s)", "", num(release, 2), "", "<= 5",
                      verdict(release, 5)))
         rows.append(("  emulator streams still active", "", num(left), "", "0", verdict(left, 0)))
+    s = section(results, "smooth")
+    if s:
+        rows += _smooth_rows(s["bursty"], s["steady"], s["warmup"]["errors"])
+    return rows
+
+
+def _smooth_rows(b: dict[str, Any], d: dict[str, Any], warmup_errors: int) -> list[tuple[str, ...] | str]:
+    """Figure 6: its columns are the gateway with smooth output off and on."""
+    burst = b["directive"]
+    bursts = math.ceil(burst["tokens"] / burst["burst"])
+    noise = b["off_late_max_ms"]
+    rows: list[tuple[str, ...] | str] = [
+        f"6. Smooth output, {b['streams']} x {bursts} bursts of {burst['burst']} words, {burst['delay_ms']:g} ms "
+        f"apart, {b['rounds']} rounds",
+        ("", "pacing off", "pacing on", "", "", ""),
+        ("  stream duration (ms)", num(b["off_seconds"] * 1000, 0), num(b["on_seconds"] * 1000, 0),
+         f"{b['added_ms']:+.1f} x{b['ratio']:.3f}", f"added <= {SMOOTH_ADDED_MS}",
+         verdict(b["added_ms"], SMOOTH_ADDED_MS)),
+        ("  end delay after unpaced [DONE], p50 (ms)", "", num(b["on_late_p50_ms"]), "", f"<= {SMOOTH_END_DELAY_MS}",
+         verdict(b["on_late_p50_ms"], SMOOTH_END_DELAY_MS)),
+        ("  end delay max (ms); off column: noise", num(noise), num(b["on_late_max_ms"]), "",
+         f"<= {SMOOTH_END_DELAY_MS} + noise", verdict(b["on_late_max_ms"], SMOOTH_END_DELAY_MS + max(0.0, noise))),
+        ("  content writes per stream", num(b["off_writes_per_stream"]), num(b["on_writes_per_stream"]), "", "", ""),
+        ("  largest gap after 1st burst, p50 (ms)", num(b["off_largest_gap_p50_ms"]), num(b["on_largest_gap_p50_ms"]),
+         "", f"on <= {SMOOTH_GAP_MS}", verdict(b["on_largest_gap_p50_ms"], SMOOTH_GAP_MS)),
+        ("  largest gap after 1st burst, max (ms)", num(b["off_largest_gap_max_ms"]), num(b["on_largest_gap_max_ms"]),
+         "", "", ""),
+        ("  gateway CPU per stream (ms)", num(b["off_cpu_ms_per_stream"]), num(b["on_cpu_ms_per_stream"]), "", "", ""),
+        (f"  steady: {d['directive']['tokens']} words {d['directive']['delay_ms']:g} ms apart (ms)",
+         num(d["off_seconds"] * 1000, 0), num(d["on_seconds"] * 1000, 0), f"{d['added_ms']:+.1f}",
+         f"added <= {SMOOTH_STEADY_ADDED_MS}", verdict(d["added_ms"], SMOOTH_STEADY_ADDED_MS)),
+        ("  steady: content writes per stream", num(d["off_writes_per_stream"]), num(d["on_writes_per_stream"]), "",
+         "", ""),
+    ]
+    off_errors = b["off"]["errors"] + d["off"]["errors"]
+    on_errors = b["on"]["errors"] + d["on"]["errors"] + warmup_errors
+    rows.append(("  errors", num(off_errors), num(on_errors), "", "0", verdict(off_errors + on_errors, 0)))
     return rows
 
 
 def render(results: dict[str, Any]) -> str:
     meta = results["meta"]
     lines = [
-        f"OpenDify benchmark: {meta['cores']} cores, gateway {meta['gateway_workers']} worker (gevent), emulator "
-        f"1 worker; {meta['seconds']:.0f} s",
+        f"OpenDify benchmark: {meta['cores']} cores, gateway {meta['gateway_workers']} worker (gevent), smooth output "
+        f"{meta['smooth_output']} (figure 6: on vs off), emulator 1 worker; {meta['seconds']:.0f} s",
         f"machine: {meta['python_reference_us']:.1f} us per reference event (bench/calibrate.py), load average "
         f"{meta['load_average_before']:.2f} before, {meta['load_average_after']:.2f} after",
         "",

@@ -1,8 +1,9 @@
-"""Orchestration of `python -m bench`: start the processes, run the five measurements, report.
+"""Orchestration of `python -m bench`: start the processes, run the six measurements, report.
 
-Starts one emulator and one gateway (one gevent worker), runs the measurements of
-bench/README.md, prints a table and writes bench/results/latest.json. Timings are reported,
-never asserted: the exit status is non-zero only when a measurement crashed.
+Starts one emulator and one gateway (one gevent worker, smooth output off), runs the
+measurements of bench/README.md (figures 4 and 6 start gateways of their own), prints a table
+and writes bench/results/latest.json. Timings are reported, never asserted: the exit status is
+non-zero only when a measurement crashed.
 Expects a gevent-patched process (see bench/__main__.py).
 """
 
@@ -37,6 +38,13 @@ MEMORY_DIRECTIVE = {"tokens": 5, "never_end": True, "ping_interval_s": 60}
 HELD_STREAMS, HOLD_SECONDS = 1000, 5.0
 HELD_DIRECTIVE = {"tokens": 5, "never_end": True, "ping_interval_s": 5}
 RELEASE_TIMEOUT = 15.0
+SMOOTH_STREAMS, SMOOTH_ROUNDS, SMOOTH_STEADY_ROUNDS = 20, 3, 2
+SMOOTH_BURSTY = {"tokens": 200, "burst": 20, "delay_ms": 300}  # 10 bursts of 20 words, 300 ms apart
+SMOOTH_STEADY = {"tokens": 100, "delay_ms": 20}  # one word every 20 ms: nothing to smooth
+
+# Smooth output (on by default) re-chunks streams: figures 1-5 measure the relay itself, so
+# their gateways run with it off; figure 6 compares it on and off.
+MAIN_SMOOTH_OUTPUT = "off"
 
 GATEWAY_ENV = {
     "DIFY_API_KEYS": "app-demo-chat",
@@ -69,8 +77,10 @@ def only_worker(master_pid: int, timeout: float = 10.0) -> int:
     raise RuntimeError(f"expected one worker under pid {master_pid}, found {procstat.children(master_pid)}")
 
 
-def start_gateway(emulator_base_url: str, **extra: str) -> tuple[GatewayProcess, Side]:
-    gateway = GatewayProcess({**GATEWAY_ENV, "DIFY_API_BASE": emulator_base_url, **extra})
+def start_gateway(emulator_base_url: str, smooth_output: str = MAIN_SMOOTH_OUTPUT,
+                  **extra: str) -> tuple[GatewayProcess, Side]:
+    gateway = GatewayProcess({**GATEWAY_ENV, "DIFY_API_BASE": emulator_base_url, "SMOOTH_OUTPUT": smooth_output,
+                              **extra})
     try:
         return gateway, Side(gateway_target(gateway.base_url), only_worker(gateway.pid))
     except BaseException:
@@ -116,20 +126,31 @@ def memory_on_fresh_gateway(emulator: Any) -> dict[str, Any]:
     return result
 
 
+def smooth_output_on_and_off(emulator: Any) -> dict[str, Any]:
+    """Figure 6 on two fresh gateways, the same but for smooth output: off and on."""
+    off_process, off = start_gateway(emulator.base_url, smooth_output="off")
+    with off_process:
+        on_process, on = start_gateway(emulator.base_url, smooth_output="on")
+        with on_process:
+            return figures.smooth_output(off, on, SMOOTH_BURSTY, SMOOTH_STEADY, SMOOTH_STREAMS, SMOOTH_ROUNDS,
+                                         SMOOTH_STEADY_ROUNDS)
+
+
 def measure_all(runner: Runner) -> None:
     with start_emulator(env={"EMULATOR_RECORD": "0"}) as emulator:
         direct = Side(dify_target(emulator.base_url), only_worker(emulator.pid))
         gateway_process, gateway = start_gateway(emulator.base_url)
         with gateway_process:
-            runner.run("throughput", "1/5 non-streaming throughput", lambda: figures.throughput(
+            runner.run("throughput", "1/6 non-streaming throughput", lambda: figures.throughput(
                 direct, gateway, THROUGHPUT_REQUESTS, THROUGHPUT_CONCURRENCY))
-            runner.run("first_byte", "2/5 time to first content event", lambda: figures.first_byte(
+            runner.run("first_byte", "2/6 time to first content event", lambda: figures.first_byte(
                 direct, gateway, FIRST_BYTE_REQUESTS))
-            runner.run("relay_cost", "3/5 CPU per relayed event", lambda: figures.relay_cost(
+            runner.run("relay_cost", "3/6 CPU per relayed event", lambda: figures.relay_cost(
                 direct, gateway, RELAY_TOKENS, RELAY_STREAMS, PACED_STREAMS, PACED_TOKENS, PACED_DELAY_MS))
-            runner.run("memory", "4/5 memory per held stream", lambda: memory_on_fresh_gateway(emulator))
-            runner.run("held", f"5/5 {HELD_STREAMS} held streams", lambda: figures.held_streams(
+            runner.run("memory", "4/6 memory per held stream", lambda: memory_on_fresh_gateway(emulator))
+            runner.run("held", f"5/6 {HELD_STREAMS} held streams", lambda: figures.held_streams(
                 gateway, HELD_STREAMS, HELD_DIRECTIVE, HOLD_SECONDS, emulator.streams, RELEASE_TIMEOUT))
+        runner.run("smooth", "6/6 smooth output on vs off", lambda: smooth_output_on_and_off(emulator))
 
 
 def machine_meta(fd_limit: int) -> dict[str, Any]:
@@ -150,7 +171,7 @@ def machine_meta(fd_limit: int) -> dict[str, Any]:
 def main() -> int:
     fd_limit = raise_fd_limit()
     started = time.perf_counter()
-    results: dict[str, Any] = {"meta": machine_meta(fd_limit)}
+    results: dict[str, Any] = {"meta": {**machine_meta(fd_limit), "smooth_output": MAIN_SMOOTH_OUTPUT}}
     runner = Runner(results)
     try:
         measure_all(runner)

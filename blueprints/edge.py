@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import simplejson
-from flask import Flask, Response, g, request
-from werkzeug.exceptions import HTTPException
+from flask import Flask, Response, current_app, g, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from config import Settings
 from services.admission import Admission
@@ -24,6 +25,7 @@ from services.errors import OpenAIError, invalid_api_key, invalid_request, serve
 log = logging.getLogger(__name__)
 
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_SLASHES = re.compile(r"/{2,}")
 # Paths a client may call without a key.
 _OPEN_PATHS = {"/healthz", "/readyz", "/openapi.yaml", "/v1/openapi.yaml"}
 _ALLOWED_HEADERS = (
@@ -44,19 +46,42 @@ def error_response(error: OpenAIError) -> Response:
 
 def read_json() -> Any:
     """The request body as JSON, whatever the Content-Type (curl -d sends form-encoded)."""
-    raw = request.get_data(cache=False)
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    try:
+        raw = request.get_data(cache=False)
+    except HTTPException:
+        raise  # 413 for a declared Content-Length over the limit
+    except Exception:  # a malformed chunked body, a broken connection
+        raise invalid_request("The request body could not be read.", code="invalid_body") from None
+    if len(raw) >= limit:  # a chunked body is cut at the limit rather than refused
+        raise RequestEntityTooLarge()
     if not raw.strip():
         raise invalid_request("The request body is empty; send a JSON object.", code="invalid_json")
     try:
         return simplejson.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise invalid_request(
             "We could not parse the JSON body of your request. (HINT: the body must be a JSON object sent with "
-            "Content-Type: application/json.)", code="invalid_json") from None
+            "Content-Type: application/json, nested at most a few hundred levels deep.)", code="invalid_json") from None
+
+
+def collapse_slashes(wsgi_app: Callable[..., Any]) -> Callable[..., Any]:
+    """`/v1//chat/completions` (a base URL ending in a slash) is `/v1/chat/completions`:
+    served, not redirected (NextChat does not follow redirects)."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        path = environ.get("PATH_INFO", "")
+        if "//" in path:
+            environ["PATH_INFO"] = _SLASHES.sub("/", path)
+        return wsgi_app(environ, start_response)
+
+    return app
 
 
 def install(app: Flask, settings: Settings, admission: Admission) -> None:
     app.url_map.strict_slashes = False
+    app.url_map.merge_slashes = False  # collapse_slashes does it, without a redirect
+    app.wsgi_app = collapse_slashes(app.wsgi_app)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
 
     @app.before_request
@@ -66,7 +91,7 @@ def install(app: Flask, settings: Settings, admission: Admission) -> None:
         if request.method == "OPTIONS":
             return _preflight()
         g.client_key = presented_key(request.headers)
-        if request.path in _OPEN_PATHS:
+        if request.path.rstrip("/") in _OPEN_PATHS:
             return None
         if not settings.open_access and not key_is_valid(g.client_key, settings.valid_api_keys):
             return error_response(invalid_api_key())
@@ -129,6 +154,7 @@ def _allowed_origin(origin: str | None, allowed: tuple[str, ...]) -> str | None:
 
 def _preflight() -> Response:
     response = Response(status=204)
+    del response.headers["Content-Type"]  # no body, so no type
     response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
     requested = request.headers.get("Access-Control-Request-Headers", "")
     # Reflect what the browser asks for: `*` would not cover Authorization.

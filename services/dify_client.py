@@ -53,7 +53,8 @@ class DifyClient:
         headers = {"Authorization": f"Bearer {app_key}", "Accept-Encoding": "identity"}
         if files is None:
             headers["Content-Type"] = "application/json"
-            body: Any = None if payload is None else json.dumps(payload, ensure_ascii=False).encode()
+            # "replace": a lone surrogate (valid in a JSON escape) has no UTF-8 form.
+            body: Any = None if payload is None else json.dumps(payload, ensure_ascii=False).encode("utf-8", "replace")
         else:
             body = form  # multipart: requests writes the Content-Type with its boundary
         wait = timeout or self.timeout

@@ -95,7 +95,8 @@ def _file_upload(body: dict[str, Any], param: str, max_bytes: int) -> Upload:
         raise invalid_request(f"'{param}.file.file_data' must hold the file, base64-encoded.", param=param,
                               code="invalid_value")
     filename = body.get("filename") if isinstance(body.get("filename"), str) else ""
-    filename = filename.replace("/", "_").replace("\\", "_").strip() or "file"
+    # No path separators (Dify refuses them), and no lone surrogates (no UTF-8 form).
+    filename = filename.encode("utf-8", "replace").decode().replace("/", "_").replace("\\", "_").strip() or "file"
     if file_data.startswith("data:"):
         mime_type, data = _decode_data_url(file_data, param, max_bytes)
     else:

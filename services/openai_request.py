@@ -132,7 +132,7 @@ def _check_message(message: Any, index: int) -> None:
     if not isinstance(message, dict):
         raise invalid_request(f"'{where}' must be an object.", param=where, code="invalid_type")
     role = message.get("role")
-    if role not in ROLES:
+    if not isinstance(role, str) or role not in ROLES:
         raise invalid_request(
             f"'{where}.role' must be one of {', '.join(sorted(ROLES))} (got {role!r}).",
             param=f"{where}.role", code="invalid_value")

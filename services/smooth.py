@@ -12,8 +12,9 @@ flow. It is never slower than Dify:
   (the expected gap shrank) pulls theirs in too, since order is kept.
 - Any other item (end, error, tool call, replace, agent steps) is due `max_lag` after it
   arrives: the text before it is hurried out by then, then the item goes.
-- Text that is not bursty (expected gap under `IMMEDIATE_GAP`) and the first push of a stream
-  (no gap known yet) go out at once, so a steady trickle and the time to first token are
+- Text that is not bursty (expected gap under `IMMEDIATE_GAP`, or a push of at most
+  `SMALL_PUSH` characters with nothing buffered: a slow model's single token) and the first
+  push of a stream (no gap known yet) go out at once, so a steady trickle and the time to first token are
   untouched. Otherwise a burst's first piece goes out as it arrives (at most one piece
   interval after the previous piece) and the rest follows in pieces at an even pace, at most
   `max_pieces_per_second` of them.
@@ -47,6 +48,7 @@ PACED = frozenset((TEXT, REASONING))  # the item kinds whose text is spread; all
 MIN_GAP = 0.01  # pushes closer than this belong to the same burst; also the least expected gap
 MAX_GAP = 1.0  # the most text is ever held back: a long silence (a tool running) counts as this
 IMMEDIATE_GAP = 0.03  # an expected gap below this is no burstiness: text goes out as it comes
+SMALL_PUSH = 24  # characters: a push this small is a token or two, not a burst: it goes out at once
 GAP_WEIGHT = 0.3  # weight of the newest gap in the moving average
 CLOCK_SLACK = 1e-6  # a deadline this close counts as reached: float sums of intervals drift by ~1e-16
 WORD_REACH = 12  # how far (characters) a cut may move to land next to a space
@@ -121,10 +123,12 @@ class _Entry:
 class SmoothPacer:
     """Spreads bursts of text over the expected gap between bursts; see the module docstring."""
 
-    def __init__(self, max_lag: float = 0.05, min_piece_chars: int = 1, max_pieces_per_second: float = 60.0) -> None:
+    def __init__(self, max_lag: float = 0.05, min_piece_chars: int = 1, max_pieces_per_second: float = 60.0,
+                 small_push: int = SMALL_PUSH) -> None:
         if max_lag < 0 or min_piece_chars < 1 or max_pieces_per_second <= 0:
             raise ValueError("max_lag >= 0, min_piece_chars >= 1 and max_pieces_per_second > 0 are required")
         self._max_lag = max_lag
+        self._small_push = small_push
         self._min_piece = min_piece_chars
         self._interval = 1.0 / max_pieces_per_second
         self._queue: deque[_Entry] = deque()
@@ -207,6 +211,8 @@ class SmoothPacer:
             self._burst_at = now
         if self._gap is None or self._gap < IMMEDIATE_GAP:
             return 0.0
+        if not self._queue and sum(len(value) for kind, value in items if kind in PACED) <= self._small_push:
+            return 0.0  # a slow model's single token: spreading it would only cut the word
         return self._gap
 
     def _enqueue(self, entry: _Entry) -> None:

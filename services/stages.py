@@ -74,7 +74,8 @@ def json_answer(text: str) -> str:
 def json_instructions(response_format: dict[str, Any]) -> str:
     """What the app is told when the client asks for JSON (`response_format`)."""
     text = "Answer with one valid JSON object only: no prose, no code fences."
-    schema = (response_format.get("json_schema") or {}).get("schema")
+    spec = response_format.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, dict) else None
     if response_format.get("type") == "json_schema" and schema:
         text += " It must match this JSON schema: " + json.dumps(schema, ensure_ascii=False, separators=(",", ":"))
     return text

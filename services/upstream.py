@@ -11,6 +11,7 @@ queue's bound pushes back on Dify when the client reads slowly.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,8 @@ from gevent.queue import Empty, Full, Queue
 from services.dify_client import iter_body
 from services.errors import OpenAIError, server_error, upstream_timeout
 from services.sse import MalformedStream, SSEDecoder
+
+log = logging.getLogger(__name__)
 
 _END = object()
 _WAKE = object()
@@ -46,6 +49,10 @@ class UpstreamStream:
             self._response = self._open_response()
         except OpenAIError as exc:
             self._queue.put(exc)
+            return
+        except Exception:  # a bug must end this stream with an error, never leave it waiting
+            log.exception("calling Dify failed")
+            self._queue.put(server_error("the gateway failed to call Dify", 500))
             return
         try:
             for data in iter_body(self._response):

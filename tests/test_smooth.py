@@ -219,7 +219,7 @@ def test_combining_marks_stay_with_their_base() -> None:
 
 
 def test_text_split_by_dify_mid_grapheme_is_rejoined_when_both_parts_are_buffered() -> None:
-    pacer = SmoothPacer(max_pieces_per_second=10)
+    pacer = SmoothPacer(max_pieces_per_second=10, small_push=0)
     pacer.push([("text", "a")], 0.0)
     pacer.push([("text", "b")], 0.5)
     assert pacer.push([("text", "ab"), ("text", "\u0301 zz")], 1.0) == [("text", "ab\u0301")]  # 2 chars were due
@@ -273,3 +273,12 @@ def test_guarantees_hold_for_any_schedule(schedule: list, max_lag: float, min_pi
     assert pacer.next_deadline() is None and pacer.flush() == []
     if end:
         assert emitted[-1][1] == ("end", ("stop", None))
+
+
+def test_a_slow_models_single_tokens_go_out_whole_and_at_once() -> None:
+    """One token every 100 ms is not a burst: spreading it would cut words (bench finding)."""
+    pacer = SmoothPacer()
+    for step in range(20):
+        now = step * 0.1
+        assert pacer.push([("text", " extraordinarily")], now) == [("text", " extraordinarily")]
+        assert pacer.next_deadline() is None
