@@ -36,7 +36,8 @@ from services.render import (
 )
 from services.smooth import SmoothPacer
 from services.stages import JsonAnswer, StopSequences, json_instructions
-from services.tools import ToolCallParser, tool_instructions
+from services.tool_parser import ToolCallParser
+from services.tools import tool_instructions
 from services.translate import ERROR, DifyEventTranslator
 
 bp = Blueprint("chat", __name__)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from services.stages import StopSequences
-from services.tools import ToolCallParser
+from services.tool_parser import ToolCallParser
 from services.translate import END, ERROR, TEXT
 
 Item = tuple[str, Any]

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from services.errors import OpenAIError
 from services.reasoning import AGENT_TOOL_CALL, AGENT_TOOL_RESULT, REASONING, THINK_TAG
-from services.tools import TOOL_CALL
+from services.tool_parser import TOOL_CALL
 from services.translate import END, ERROR, PING, REPLACE, TEXT
 
 Item = tuple[str, Any]

@@ -8,14 +8,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.errors import OpenAIError
+from services.tolerant_json import coerce
+from services.tool_parser import TOOL_CALL, ToolCall, ToolCallParser
 from services.tools import (
-    TOOL_CALL,
-    ToolCall,
-    ToolCallParser,
     ToolRequest,
     ToolSpec,
     call_names,
-    coerce,
     parse_tool_request,
     render_tool_call_turn,
     render_tool_result_turn,
