@@ -42,6 +42,7 @@ class UpstreamStream:
         self._decoder = SSEDecoder()
         self._queue: Queue = Queue(_QUEUE_SIZE)
         self._ended = False
+        self._reader_finished = False  # the reader's last item (end or failure) was taken
         self._reader = gevent.spawn(self._read)
 
     def _read(self) -> None:
@@ -59,10 +60,7 @@ class UpstreamStream:
                 if data:
                     self._queue.put(data)
             self._queue.put(_END)
-        except requests.exceptions.ConnectionError as exc:
-            # requests wraps urllib3's ReadTimeoutError in ConnectionError for raw reads.
-            self._queue.put(_read_failure(exc))
-        except Exception as exc:  # urllib3 protocol errors, resets: all mean the stream broke
+        except Exception as exc:  # timeouts, resets, protocol errors: all mean the stream broke
             self._queue.put(_read_failure(exc))
 
     def wake(self) -> None:
@@ -84,11 +82,11 @@ class UpstreamStream:
             if item is _WAKE:
                 return events
             if item is _END:
-                self._ended = True
+                self._ended = self._reader_finished = True
                 events.extend(self._decoder.close())
                 return events or None
             if isinstance(item, OpenAIError):
-                self._ended = True
+                self._ended = self._reader_finished = True
                 raise item
             try:
                 events.extend(self._decoder.feed(item))
@@ -107,7 +105,7 @@ class UpstreamStream:
         the chunked encoding) is drained in the background so the connection goes back to
         the pool; otherwise (client gone, error) the connection is dropped at once.
         """
-        if self._reader.dead:
+        if self._reader.dead or self._reader_finished:  # the reader is out of its socket read
             self._close_response()
         elif finished:
             gevent.spawn(self._drain_then_close)
@@ -115,8 +113,12 @@ class UpstreamStream:
             self._stop_reader()
 
     def _close_response(self) -> None:
-        if self._response is not None:
+        if self._response is None:
+            return
+        try:
             self._response.close()
+        except Exception:  # cleanup must never turn a finished answer into a failure
+            log.warning("closing the Dify response failed", exc_info=True)
 
     def _drain_then_close(self) -> None:
         if self._wait_for_end(_DRAIN_SECONDS):
