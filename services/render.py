@@ -63,9 +63,11 @@ class _ChunkEncoder:
     """Shared parts: the constant head (id, created, model) is encoded once, so a text delta
     costs one json.dumps of the text."""
 
-    def __init__(self, head: dict[str, Any], index: int, text_key: bytes, text_close: bytes) -> None:
+    def __init__(self, head: dict[str, Any], index: int, text_key: bytes, text_close: bytes,
+                 finish_fields: dict[str, Any]) -> None:
         self._head = "data: " + _compact(head)[:-1] + ',"choices":'
         self._index = index
+        self._finish_fields = finish_fields
         self._text_prefix = (self._head + f'[{{"index":{index},').encode() + text_key
         self._text_suffix = text_close + b',"logprobs":null,"finish_reason":null}]}\n\n'
         self._replaced = False
@@ -78,7 +80,7 @@ class _ChunkEncoder:
         return self._text_prefix + _json_text(text) + self._text_suffix
 
     def finish(self, finish_reason: str) -> bytes:
-        raise NotImplementedError
+        return self._choice(self._finish_fields, finish_reason)
 
     def render(self, items: list[Item]) -> bytes:
         """Chunks for a batch of one choice's items (END: its finish chunk; ERROR: the error event)."""
@@ -115,15 +117,12 @@ class ChatChunkEncoder(_ChunkEncoder):
                  legacy_functions: bool = False) -> None:
         head = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
                 "system_fingerprint": None}
-        super().__init__(head, index, b'"delta":{"content":', b"}")
+        super().__init__(head, index, b'"delta":{"content":', b"}", {"delta": {}})
         self._legacy_functions = legacy_functions
         self._tool_calls = 0
 
     def opening(self) -> bytes:
         return self._choice({"delta": {"role": "assistant", "content": ""}}, None)
-
-    def finish(self, finish_reason: str) -> bytes:
-        return self._choice({"delta": {}}, finish_reason)
 
     def extra(self, kind: str, value: Any) -> bytes:
         if kind == REASONING:
@@ -164,14 +163,12 @@ class TextChunkEncoder(_ChunkEncoder):
 
     def __init__(self, completion_id: str, created: int, model: str, index: int, echo: str = "") -> None:
         super().__init__({"id": completion_id, "object": "text_completion", "created": created, "model": model},
-                         index, b'"text":', b"")
+                         index, b'"text":', b"", {"text": ""})
         self._echo = echo
 
     def opening(self) -> bytes:
         return self.text(self._echo) if self._echo else b""
 
-    def finish(self, finish_reason: str) -> bytes:
-        return self._choice({"text": ""}, finish_reason)
 
 
 def sse_body(batches: Iterable[tuple[int, list[Item]]], encoders: list[ChoiceEncoder], include_usage: bool,
