@@ -27,8 +27,6 @@ log = logging.getLogger(__name__)
 
 CHAT_MODES = {"chat", "agent-chat", "advanced-chat", "agent"}
 _TEXT_FIELDS = ("paragraph", "text-input")
-# Dify's stop route by app mode (dify-api.md 7).
-_STOP_ROUTES = {"completion": "/completion-messages/{}/stop", "workflow": "/workflows/tasks/{}/stop"}
 # After a failed lookup, wait this long before a request may trigger another one.
 _RETRY_AFTER_FAILURE = 5.0
 
@@ -41,9 +39,6 @@ class DifyApp:
     description: str = ""
     parameters: dict[str, Any] = field(default_factory=dict, repr=False)
     created: int = 0
-
-    def stop_path(self, task_id: str) -> str:
-        return _STOP_ROUTES.get(self.mode, "/chat-messages/{}/stop").format(task_id)
 
     @property
     def has_conversations(self) -> bool:

@@ -12,13 +12,20 @@ from typing import Any
 
 from services.apps import DifyApp
 
+# (run route, stop route) by app mode (dify-api.md 4-7); chat-family apps otherwise.
+_ROUTES = {
+    "completion": ("/completion-messages", "/completion-messages/{}/stop"),
+    "workflow": ("/workflows/run", "/workflows/tasks/{}/stop"),
+}
+_CHAT_ROUTES = ("/chat-messages", "/chat-messages/{}/stop")
+
 
 def dify_route(app: DifyApp) -> str:
-    if app.mode == "completion":
-        return "/completion-messages"
-    if app.mode == "workflow":
-        return "/workflows/run"
-    return "/chat-messages"
+    return _ROUTES.get(app.mode, _CHAT_ROUTES)[0]
+
+
+def dify_stop_route(app: DifyApp, task_id: str) -> str:
+    return _ROUTES.get(app.mode, _CHAT_ROUTES)[1].format(task_id)
 
 
 def dify_payload(app: DifyApp, *, text: str, conversation_id: str | None, user: str, inputs: dict[str, Any],

@@ -20,6 +20,7 @@ from gevent.queue import Queue
 
 from services.apps import DifyApp
 from services.client_watch import ClientWatch
+from services.dify_calls import dify_stop_route
 from services.dify_client import DifyClient
 from services.errors import OpenAIError, upstream_timeout
 from services.pipeline import OutputPipeline
@@ -146,7 +147,7 @@ class ChatRelay:
         self._upstream.close(finished)
         task_id = self.translator.task_id
         if not finished and task_id:
-            gevent.spawn(self._client.stop, self._app.key, self._app.stop_path(task_id), self._dify_user)
+            gevent.spawn(self._client.stop, self._app.key, dify_stop_route(self._app, task_id), self._dify_user)
 
 
 def prefetch_all(relays: list[ChatRelay], wait: float) -> list[list[Item]]:
