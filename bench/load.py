@@ -149,10 +149,7 @@ def run_batch(target: Target, raw: bytes, count: int, concurrency: int,
         try:
             while remaining[0] > 0:
                 remaining[0] -= 1
-                try:
-                    batch.values.append(client.call(raw, read))
-                except Exception as exc:
-                    batch.fail(f"{type(exc).__name__}: {exc}")
+                _record(batch, client, raw, read)
         finally:
             client.close()
 
@@ -160,6 +157,14 @@ def run_batch(target: Target, raw: bytes, count: int, concurrency: int,
     gevent.joinall([gevent.spawn(worker) for _ in range(min(concurrency, count))])
     batch.seconds = time.perf_counter() - started
     return batch
+
+
+def _record(batch: Batch, client: Client, raw: bytes, read: Callable[[Response, float], Any]) -> None:
+    """One request; its result, or its failure, goes into `batch`."""
+    try:
+        batch.values.append(client.call(raw, read))
+    except Exception as exc:
+        batch.fail(f"{type(exc).__name__}: {exc}")
 
 
 def staggered(target: Target, raw: bytes, count: int, spacing: float,
@@ -171,9 +176,7 @@ def staggered(target: Target, raw: bytes, count: int, spacing: float,
     def one() -> None:
         client = Client(target)
         try:
-            batch.values.append(client.call(raw, read))
-        except Exception as exc:
-            batch.fail(f"{type(exc).__name__}: {exc}")
+            _record(batch, client, raw, read)
         finally:
             client.close()
 

@@ -168,21 +168,28 @@ def machine_meta(fd_limit: int) -> dict[str, Any]:
     }
 
 
-def main() -> int:
-    fd_limit = raise_fd_limit()
+def run_and_report(meta: dict[str, Any], measure: Callable[[Runner], None],
+                   render: Callable[[dict[str, Any]], str], path: Path) -> tuple[dict[str, Any], Runner]:
+    """Measure, then write the JSON and print the table, also after a crash."""
     started = time.perf_counter()
-    results: dict[str, Any] = {"meta": {**machine_meta(fd_limit), "smooth_output": MAIN_SMOOTH_OUTPUT}}
+    results: dict[str, Any] = {"meta": meta}
     runner = Runner(results)
     try:
-        measure_all(runner)
+        measure(runner)
     except Exception:
         traceback.print_exc()
         runner.crashed = True
         results["setup"] = {"crashed": traceback.format_exc(limit=3)}
     results["meta"]["seconds"] = time.perf_counter() - started
     results["meta"]["load_average_after"] = os.getloadavg()[0]
-    report.write_json(results, RESULTS)
-    print(report.render(results))
-    print(f"\nFigures written to {RESULTS.relative_to(ROOT)}")
+    report.write_json(results, path)
+    print(render(results))
+    print(f"\nResults written to {path.relative_to(ROOT)}")
+    return results, runner
+
+
+def main() -> int:
+    meta = {**machine_meta(raise_fd_limit()), "smooth_output": MAIN_SMOOTH_OUTPUT}
+    _, runner = run_and_report(meta, measure_all, report.render, RESULTS)
     return 1 if runner.crashed else 0
 

@@ -9,19 +9,24 @@ Expects a gevent-patched process (see bench/__main__.py).
 from __future__ import annotations
 
 import contextlib
-import os
-import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import report
 from bench.faults import cases, gateways, storms
 from bench.faults import report as fault_report
 from bench.faults.gateways import Gateway
 from bench.figures import Side
-from bench.run import HELD_DIRECTIVE, HELD_STREAMS, HOLD_SECONDS, RELEASE_TIMEOUT, Runner, machine_meta, raise_fd_limit
+from bench.run import (
+    HELD_DIRECTIVE,
+    HELD_STREAMS,
+    HOLD_SECONDS,
+    RELEASE_TIMEOUT,
+    Runner,
+    machine_meta,
+    raise_fd_limit,
+    run_and_report,
+)
 from bench.targets import DIFY_APP_KEY, gateway_target
 from dify_emulator.apps import DEFAULT_APPS
 from dify_emulator.control import EmulatorProcess, start_emulator
@@ -96,19 +101,7 @@ def measure_all(runner: Runner) -> None:
 
 
 def main() -> int:
-    started = time.perf_counter()
-    results: dict[str, Any] = {"meta": {**machine_meta(raise_fd_limit()), "emulator_recording": True}}
-    runner = Runner(results)
-    try:
-        measure_all(runner)
-    except Exception:
-        traceback.print_exc()
-        runner.crashed = True
-        results["setup"] = {"crashed": traceback.format_exc(limit=3)}
-    results["meta"]["seconds"] = time.perf_counter() - started
-    results["meta"]["load_average_after"] = os.getloadavg()[0]
-    report.write_json(results, RESULTS)
-    print(fault_report.render(results))
-    print(f"\nResults written to {RESULTS.relative_to(ROOT)}")
+    meta = {**machine_meta(raise_fd_limit()), "emulator_recording": True}
+    results, runner = run_and_report(meta, measure_all, fault_report.render, RESULTS)
     failed_cases = [row for row in results.get("faults", {}).get("cases", []) if row["verdict"] == "FAIL"]
     return 1 if runner.crashed or failed_cases else 0
