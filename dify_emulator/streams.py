@@ -369,6 +369,16 @@ class _WorkflowEvents:
         }
         return self._wf_event("workflow_finished", data)
 
+    def _unsuccessful_end(self, sent: list[str]) -> list[bytes] | None:
+        """The closing events of a stopped or failed run (`workflow_status`), None otherwise."""
+        status = self.ctx.scenario.workflow_status or "succeeded"
+        if status == "stopped":
+            return self.stopped(sent)
+        if status == "failed":
+            error = self.ctx.scenario.workflow_error
+            return [self._llm_finished(sent, "failed", error), self.workflow_finished("failed", None, error, sent, 2)]
+        return None
+
     def _graph_opening(self) -> list[bytes]:
         start_inputs = self._system_inputs()
         self.start_exec, self.llm_exec = str(uuid.uuid4()), str(uuid.uuid4())
@@ -439,18 +449,12 @@ class ChatflowPlan(_WorkflowEvents, ChatPlan):
         return self._graph_opening()
 
     def closing(self, sent: list[str]) -> list[bytes]:
-        status = self.ctx.scenario.workflow_status or "succeeded"
-        if status == "stopped":
-            return self.stopped(sent)
-        if status == "failed":
-            error = self.ctx.scenario.workflow_error
-            events = [
-                self._llm_finished(sent, "failed", error),
-                self.workflow_finished("failed", None, error, sent, 2),
-            ]
-            if self.pre113:
-                events.append(self.error("invalid_param", 400, f"Run failed: {error}"))
-            return events
+        unsuccessful = self._unsuccessful_end(sent)
+        if unsuccessful is not None:
+            if self.pre113 and self.ctx.scenario.workflow_status == "failed":
+                error = self.ctx.scenario.workflow_error
+                unsuccessful.append(self.error("invalid_param", 400, f"Run failed: {error}"))
+            return unsuccessful
         answer = final_answer(self.ctx, sent)
         answer_exec = str(uuid.uuid4())
         answer_node = (ANSWER_NODE, "answer", "Answer", 3)
@@ -506,12 +510,9 @@ class WorkflowPlan(_WorkflowEvents):
         return {"answer": final_answer(self.ctx, sent)}
 
     def closing(self, sent: list[str]) -> list[bytes]:
-        status = self.ctx.scenario.workflow_status or "succeeded"
-        if status == "stopped":
-            return self.stopped(sent)
-        if status == "failed":
-            error = self.ctx.scenario.workflow_error
-            return [self._llm_finished(sent, "failed", error), self.workflow_finished("failed", None, error, sent, 2)]
+        unsuccessful = self._unsuccessful_end(sent)
+        if unsuccessful is not None:
+            return unsuccessful
         outputs = self.outputs(sent)
         end_exec = str(uuid.uuid4())
         events = [
