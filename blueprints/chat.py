@@ -8,6 +8,7 @@ memory mode builds the Dify query and conversation id -> start one Dify stream p
 from __future__ import annotations
 
 from functools import partial
+from itertools import chain
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
@@ -78,16 +79,17 @@ def answer_chat(body: Any, model: str | None = None) -> Response:
         for relay in relays:
             relay.close()
 
-    batches = merged_batches(relays, prefetched)
+    first = [(index, items) for index, items in enumerate(prefetched) if items]
+    batches = merged_batches(relays)
     legacy = bool(chat.tools and chat.tools.legacy)
     if not chat.stream:
         collectors = [ChoiceCollector() for _ in relays]
-        usage = collect(batches, collectors, close)
+        usage = collect(chain(first, batches), collectors, close)
         response = jsonify(chat_completion_body(completion_id, created, chat.model, collectors, usage, legacy))
         response.headers.update(headers)
         return response
     encoders = [ChatChunkEncoder(completion_id, created, chat.model, index, legacy) for index in range(chat.n)]
-    return Response(sse_body(batches, encoders, chat.include_usage, close), status=200,
+    return Response(sse_body(batches, encoders, chat.include_usage, close, first), status=200,
                     headers={**STREAM_HEADERS, **headers}, content_type=SSE_CONTENT_TYPE)
 
 

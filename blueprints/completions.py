@@ -7,6 +7,7 @@ expect.
 
 from __future__ import annotations
 
+from itertools import chain
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify
@@ -58,13 +59,14 @@ def answer_completion(body: Any, model: str | None = None) -> Response:
         for relay in relays:
             relay.close()
 
-    batches = merged_batches(relays, prefetched)
+    first = [(index, items) for index, items in enumerate(prefetched) if items]
+    batches = merged_batches(relays)
     echoes = prompts if request.echo else [""] * len(prompts)
     if not request.stream:
         collectors = [ChoiceCollector(prefix=echo) for echo in echoes]
-        usage = collect(batches, collectors, close)
+        usage = collect(chain(first, batches), collectors, close)
         return jsonify(text_completion_body(completion_id, created, request.model, collectors, usage))
     encoders = [TextChunkEncoder(completion_id, created, request.model, index, echo)
                 for index, echo in enumerate(echoes)]
-    return Response(sse_body(batches, encoders, request.include_usage, close), status=200, headers=STREAM_HEADERS,
-                    content_type=SSE_CONTENT_TYPE)
+    return Response(sse_body(batches, encoders, request.include_usage, close, first), status=200,
+                    headers=STREAM_HEADERS, content_type=SSE_CONTENT_TYPE)

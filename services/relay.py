@@ -172,15 +172,12 @@ def raise_first_refusal(relays: list[ChatRelay], prefetched: list[list[Item]]) -
             raise items[0][1]
 
 
-def merged_batches(relays: list[ChatRelay], prefetched: list[list[Item]]) -> Iterator[tuple[int, list[Item]]]:
-    """Every relay's batches tagged with its choice index, as they arrive (prefetched first).
+def merged_batches(relays: list[ChatRelay]) -> Iterator[tuple[int, list[Item]]]:
+    """Every relay's batches tagged with its choice index, as they arrive.
 
     One relay is read directly; several are read by one greenlet each, so a slow choice
     never holds back the others.
     """
-    for index, items in enumerate(prefetched):
-        if items:
-            yield index, items
     if len(relays) == 1:
         for batch in relays[0].batches():
             yield 0, batch

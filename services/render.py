@@ -172,30 +172,43 @@ class TextChunkEncoder(_ChunkEncoder):
 
 
 def sse_body(batches: Iterable[tuple[int, list[Item]]], encoders: list[ChoiceEncoder], include_usage: bool,
-             close: Callable[[], None]) -> Iterator[bytes]:
+             close: Callable[[], None], first: Iterable[tuple[int, list[Item]]] = ()) -> Iterator[bytes]:
     """The SSE body: every choice's chunks as they come; once all choices ended, the usage
     chunk (only when asked: legacy code indexes choices[0] of every chunk) and [DONE]. An
-    error ends the whole stream with one error event and [DONE]. `close` runs at the end,
-    also when the client goes away."""
+    error ends the whole stream with one error event and [DONE]. `first` (what arrived
+    before the stream was committed) goes out with the opening chunks in the first write,
+    which also carries the response headers. `close` runs at the end, also when the client
+    goes away."""
     pending = set(range(len(encoders)))
     usage = dict.fromkeys(USAGE_KEYS, 0)
+
+    def render(index: int, items: list[Item]) -> tuple[bytes, bool]:
+        out = encoders[index].render(items)
+        for kind, value in items:
+            if kind == END:
+                pending.discard(index)
+                add_usage(usage, value[1])
+            elif kind == ERROR:
+                return out + DONE, True
+        if not pending:
+            return out + (encoders[0].usage_chunk(usage) if include_usage else b"") + DONE, True
+        return out, False
+
     try:
-        # The first write goes out at once: it carries the response headers.
-        yield b"".join(encoder.opening() for encoder in encoders) or KEEPALIVE
-        for index, items in batches:
-            out = encoders[index].render(items)
-            for kind, value in items:
-                if kind == END:
-                    pending.discard(index)
-                    add_usage(usage, value[1])
-                elif kind == ERROR:
-                    yield out + DONE
-                    return
-            if not pending:
-                yield out + (encoders[0].usage_chunk(usage) if include_usage else b"") + DONE
+        head = b"".join(encoder.opening() for encoder in encoders)
+        for index, items in first:
+            piece, ended = render(index, items)
+            head += piece
+            if ended:
+                yield head
                 return
-            if out:
-                yield out
+        yield head or KEEPALIVE
+        for index, items in batches:
+            piece, ended = render(index, items)
+            if piece:
+                yield piece
+            if ended:
+                return
     finally:
         close()
 

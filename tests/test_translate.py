@@ -174,3 +174,14 @@ def test_outputs_text_choice():
     assert outputs_text({"only": "x", "n": 3}) == "x"
     assert json.loads(outputs_text({"a": "x", "b": "y"})) == {"a": "x", "b": "y"}
     assert outputs_text(None) == ""
+
+
+def test_what_arrived_before_commit_goes_out_with_the_opening_in_one_write():
+    encoder = ChatChunkEncoder("c", 1, "m")
+    writes = list(sse_body([(0, [(END, ("stop", None))])], [encoder], False, lambda: None,
+                           first=[(0, [(TEXT, "Hi")])]))
+    assert len(writes) == 2
+    assert b'"role":"assistant"' in writes[0] and b'"content":"Hi"' in writes[0]
+    assert writes[1].endswith(b"data: [DONE]\n\n")
+    whole = list(sse_body([], [encoder], False, lambda: None, first=[(0, [(TEXT, "Hi"), (END, ("stop", None))])]))
+    assert len(whole) == 1 and whole[0].endswith(b"data: [DONE]\n\n")
