@@ -104,6 +104,7 @@ def _record_request() -> None:
             "json": body,
             "form": form,
             "files": uploads,
+            "client": f"{request.remote_addr}:{request.environ.get('REMOTE_PORT')}",  # one per connection
             "time": time.time(),
         }
     )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -130,16 +129,6 @@ class DifyClient:
             self._request("POST", app_key, path, payload={"user": user}, timeout=STOP_TIMEOUT).close()
         except OpenAIError as exc:
             log.warning("stop call %s failed: %s", path, exc.message)
-
-
-def iter_body(response: requests.Response) -> Iterator[bytes]:
-    """Yield the body as it arrives, one network read at a time (no read-ahead buffering)."""
-    raw = response.raw
-    if raw.chunked and raw.supports_chunked_reads():
-        yield from raw.read_chunked(decode_content=False)
-        return
-    while data := raw.read1(65536):
-        yield data
 
 
 def _never_connected(error: requests.exceptions.ConnectionError) -> bool:

@@ -201,4 +201,4 @@ def merged_batches(relays: list[ChatRelay]) -> Iterator[tuple[int, list[Item]]]:
             else:
                 yield index, batch
     finally:
-        gevent.killall(pumps, block=False)
+        gevent.killall(pumps)  # out of their reads before the relays close

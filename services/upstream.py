@@ -1,72 +1,66 @@
-"""A Dify event stream opened and read by a background greenlet.
+"""A Dify event stream, read by the greenlet that relays it.
 
-The request greenlet must be able to wait for Dify *with a time limit*: to bound the wait
-for the first event before committing to HTTP 200, to send `: ping` while Dify is silent,
-and to pace text. Dify sends its response headers only with its first event, and a blocking
-socket read cannot be interrupted safely, so one greenlet per stream makes the request and
-does the reading, and hands whole network reads (or the failure) over a small queue; the
-queue's bound pushes back on Dify when the client reads slowly.
+The relay waits for Dify *with a time limit*: to bound the wait for the first event before
+committing to HTTP 200, to send `: ping` while Dify is silent, to pace text, and to stop
+waiting at once when the client leaves (`wake`). Two things make that possible without a
+second greenlet reading each stream (its saved stack, Python data stack and hand-over queue
+were most of a held stream's memory):
+
+- Dify sends its response headers only with its first event, and a wait inside
+  http.client's header parsing cannot be cut short without losing bytes. So a short-lived
+  greenlet makes the call through the pooled session and ends once the headers are in.
+- Then the body is read straight from the connection's socket, one `recv` at a time, and
+  its framing undone by services/http_body.py. A wait in `recv` can be interrupted without
+  losing a byte, so the relay's own greenlet does that waiting.
+
+Dify's socket is read only when the client is ready for more, so a slow client pushes back
+on Dify through TCP.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 import gevent
 import requests
-from gevent.queue import Empty, Full, Queue
+from greenlet import getcurrent
 
-from services.dify_client import iter_body
 from services.errors import OpenAIError, server_error, upstream_timeout
+from services.http_body import ChunkedBody, LengthBody, MalformedBody, UntilClose
 from services.sse import MalformedStream, SSEDecoder
 
 log = logging.getLogger(__name__)
 
-_END = object()
-_WAKE = object()
-# Network reads buffered ahead of the client; beyond this the reader waits (backpressure).
-_QUEUE_SIZE = 64
 # How long a finished stream may take to reach the end of Dify's body, so that its
 # connection goes back to the pool instead of being dropped.
 _DRAIN_SECONDS = 2.0
+_RECV_BYTES = 65536
+
+
+class _Interrupted(BaseException):
+    """Thrown into the greenlet waiting for Dify when its time limit passes or `wake` is called."""
 
 
 class UpstreamStream:
     def __init__(self, open_response: Callable[[], requests.Response]) -> None:
         """`open_response` makes the Dify call; it raises OpenAIError when Dify refuses it."""
-        self._open_response = open_response
-        self._response: requests.Response | None = None
+        self._opener = gevent.spawn(_open, open_response)
+        self._body: DifyBody | None = None
         self._decoder = SSEDecoder()
-        self._queue: Queue = Queue(_QUEUE_SIZE)
+        self._waiting: Any = None  # the greenlet inside `_wait`, which `wake` interrupts
+        self._woken = False
         self._ended = False
-        self._reader_finished = False  # the reader's last item (end or failure) was taken
-        self._reader = gevent.spawn(self._read)
-
-    def _read(self) -> None:
-        try:
-            self._response = self._open_response()
-        except OpenAIError as exc:
-            self._queue.put(exc)
-            return
-        except Exception:  # a bug must end this stream with an error, never leave it waiting
-            log.exception("calling Dify failed")
-            self._queue.put(server_error("the gateway failed to call Dify", 500))
-            return
-        try:
-            for data in iter_body(self._response):
-                if data:
-                    self._queue.put(data)
-            self._queue.put(_END)
-        except Exception as exc:  # timeouts, resets, protocol errors: all mean the stream broke
-            self._queue.put(_read_failure(exc))
 
     def wake(self) -> None:
-        """Make a waiting `read` return now (with what it has, maybe nothing)."""
-        with contextlib.suppress(Full):  # a full queue: the reader is not waiting anyway
-            self._queue.put_nowait(_WAKE)
+        """Make a waiting `read` return now, with nothing (called from the event loop)."""
+        waiting, self._waiting = self._waiting, None
+        if waiting is None:
+            self._woken = True  # the next `read` returns at once
+        else:
+            waiting.throw(_Interrupted)
 
     def read(self, timeout: float | None) -> list[dict[str, Any]] | None:
         """Events that arrived, waiting at most `timeout` s: [] if none came (or on `wake`),
@@ -74,77 +68,176 @@ class UpstreamStream:
         if self._ended:
             return None
         try:
-            item = self._queue.get(timeout=timeout)
-        except Empty:
+            data = self._wait(self._next_content, timeout)
+        except OpenAIError:
+            self._ended = True
+            raise
+        if data is None:
             return []
-        events = []
-        while True:
-            if item is _WAKE:
-                return events
-            if item is _END:
-                self._ended = self._reader_finished = True
-                events.extend(self._decoder.close())
-                return events or None
-            if isinstance(item, OpenAIError):
-                self._ended = self._reader_finished = True
-                raise item
-            try:
-                events.extend(self._decoder.feed(item))
-            except MalformedStream as exc:
-                self._ended = True
-                raise server_error(f"Dify sent a malformed stream: {exc}", 502, "upstream_error") from None
-            # Take whatever else is already queued: one client write for several Dify reads.
-            if self._queue.empty():
-                return events
-            item = self._queue.get_nowait()
+        if not data:
+            self._ended = True
+            return self._decoder.close() or None
+        try:
+            return self._decoder.feed(data)
+        except MalformedStream as exc:
+            self._ended = True
+            raise server_error(f"Dify sent a malformed stream: {exc}", 502, "upstream_error") from None
+
+    def _wait(self, call: Callable[[], bytes], timeout: float | None) -> bytes | None:
+        """`call()`, or None when `timeout` s pass or `wake` is called before it returns."""
+        if self._woken:
+            self._woken = False
+            return None
+        self._waiting = getcurrent()
+        timer = gevent.Timeout._start_new_or_dummy(timeout, _Interrupted)
+        try:
+            return call()
+        except _Interrupted:
+            return None
+        finally:
+            self._waiting = None
+            timer.close()
+
+    def _next_content(self) -> bytes:
+        if self._body is None:
+            opened = self._opener.get()
+            if isinstance(opened, OpenAIError):
+                raise opened
+            self._body = DifyBody(opened)
+        return self._body.read()
 
     def close(self, finished: bool) -> None:
         """Release the upstream connection.
 
         After a terminal event (`finished`) the rest of the body (normally just the end of
-        the chunked encoding) is drained in the background so the connection goes back to
-        the pool; otherwise (client gone, error) the connection is dropped at once.
+        the chunked encoding) is read, in the background if it has not arrived yet, so the
+        connection goes back to the pool; otherwise (client gone, error) it is dropped.
         """
-        if self._reader.dead or self._reader_finished:  # the reader is out of its socket read
-            self._close_response()
-        elif finished:
-            gevent.spawn(self._drain_then_close)
-        else:
-            self._stop_reader()
-
-    def _close_response(self) -> None:
-        if self._response is None:
+        body = self._body
+        if body is None:
+            self._opener.kill(block=True, timeout=1)  # a call still in flight drops its connection
+            if isinstance(self._opener.value, requests.Response):
+                self._opener.value.close()
             return
+        if finished and not body.ended:
+            body.read_arrived()
+        if body.ended or not finished:
+            body.release()
+        else:
+            gevent.spawn(body.finish, _DRAIN_SECONDS)
+
+
+def _open(open_response: Callable[[], requests.Response]) -> requests.Response | OpenAIError:
+    try:
+        return open_response()
+    except OpenAIError as exc:
+        return exc
+    except Exception:  # a bug must end this stream with an error, never leave it waiting
+        log.exception("calling Dify failed")
+        return server_error("the gateway failed to call Dify", 500)
+
+
+class DifyBody:
+    """The body of one Dify answer, read from its connection's socket after the headers."""
+
+    def __init__(self, response: requests.Response) -> None:
+        raw = response.raw
+        message = raw._fp  # http.client's response: how the body is framed, what it read ahead
+        self._response = response
+        self._socket = raw.connection.sock
+        self._until_close = not message.chunked and message.length is None
+        self._framing = (ChunkedBody() if message.chunked else
+                         UntilClose() if self._until_close else LengthBody(message.length))
+        self._reusable = not message.will_close and not self._until_close
+        self._arrived = self._read_ahead(message)
+        message.close()  # frees its read buffer; the connection stays open
+        # TIMEOUT bounds Dify's silence, however often the relay's own waits cut a `recv` short.
+        self._silence_limit = self._socket.gettimeout()
+        self._last_data_at = time.monotonic()
+
+    @property
+    def ended(self) -> bool:
+        return self._framing.ended
+
+    def _read_ahead(self, message: Any) -> bytes:
+        """The bytes http.client buffered past the headers (usually Dify's first event)."""
+        if message.fp is None:
+            return b""
         try:
-            self._response.close()
+            return self._without_waiting(lambda: message.fp.read1(_RECV_BYTES)) or b""
+        except OSError:
+            return b""  # the next `recv` meets the same fault
+
+    def _without_waiting(self, call: Callable[[], bytes | None]) -> bytes | None:
+        timeout = self._socket.gettimeout()
+        self._socket.settimeout(0.0)
+        try:
+            return call()
+        except BlockingIOError:
+            return None
+        finally:
+            self._socket.settimeout(timeout)
+
+    def read(self, wait: bool = True) -> bytes:
+        """The next content bytes, waiting for the network at most TIMEOUT (the socket's
+        timeout); b"" at the end of the body, and without `wait` when nothing else arrived."""
+        try:
+            while not self._framing.ended:
+                data, self._arrived = self._arrived or self._recv(wait), b""
+                if data is None:
+                    return b""
+                if not data:
+                    if not self._until_close:
+                        raise ConnectionError("closed before the end of the body")
+                    self._framing.ended = True
+                    return b""
+                content = self._framing.feed(data)
+                if content:
+                    return content
+            return b""
+        except TimeoutError:
+            raise upstream_timeout("no data from Dify within TIMEOUT seconds") from None
+        except MalformedBody as exc:
+            raise server_error(f"Dify sent a malformed body: {exc}", 502, "upstream_error") from None
+        except OSError:
+            raise server_error("the connection to Dify broke mid-stream", 502, "upstream_disconnected") from None
+
+    def _recv(self, wait: bool) -> bytes | None:
+        if not wait:
+            return self._without_waiting(lambda: self._socket.recv(_RECV_BYTES))
+        if self._silence_limit is not None:
+            remaining = self._last_data_at + self._silence_limit - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            self._socket.settimeout(remaining)
+        data = self._socket.recv(_RECV_BYTES)
+        self._last_data_at = time.monotonic()
+        return data
+
+    def read_arrived(self) -> None:
+        """Consume, without waiting, what already arrived (usually the end of the body)."""
+        try:
+            while self.read(wait=False):
+                pass
+        except OpenAIError:
+            pass  # `release` drops the connection
+
+    def finish(self, seconds: float) -> None:
+        """Read to the end of the body, waiting at most `seconds`, then release."""
+        with gevent.Timeout(seconds, False):
+            try:
+                while self.read():
+                    pass
+            except OpenAIError:
+                pass
+        self.release()
+
+    def release(self) -> None:
+        """Give the connection back to the pool when the body ended cleanly; else drop it."""
+        try:
+            if self._reusable and self._framing.ended:
+                self._response.raw.release_conn()
+            else:
+                self._response.close()
         except Exception:  # cleanup must never turn a finished answer into a failure
             log.warning("closing the Dify response failed", exc_info=True)
-
-    def _drain_then_close(self) -> None:
-        if self._wait_for_end(_DRAIN_SECONDS):
-            self._close_response()
-        else:
-            self._stop_reader()
-
-    def _stop_reader(self) -> None:
-        # The reader must leave its blocking read before the response is closed: closing a
-        # buffered reader that another greenlet is inside raises "reentrant call".
-        self._reader.kill(block=True, timeout=1)
-        self._close_response()
-
-    def _wait_for_end(self, seconds: float) -> bool:
-        """Discard queued data until the body ends; False if it does not end in time."""
-        deadline = gevent.Timeout(seconds, False)
-        with deadline:
-            while True:
-                item = self._queue.get()
-                if item is _END or isinstance(item, OpenAIError):
-                    return True  # (a stray _WAKE is simply discarded)
-        return False
-
-
-def _read_failure(exc: Exception) -> OpenAIError:
-    text = f"{type(exc).__name__}: {exc}".lower()
-    if "timed out" in text or "timeout" in text:
-        return upstream_timeout("no data from Dify within TIMEOUT seconds")
-    return server_error("the connection to Dify broke mid-stream", 502, "upstream_disconnected")

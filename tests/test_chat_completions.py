@@ -105,3 +105,14 @@ def test_unknown_model_is_404_model_not_found(client):
     with pytest.raises(openai.NotFoundError) as caught:
         client.chat.completions.create(model="no-such-app", messages=user_message("hi"))
     assert caught.value.code == "model_not_found" and caught.value.body["param"] == "model"
+
+
+def test_answers_reuse_one_pooled_connection_to_dify(client, recorded):
+    """The gateway reads Dify's body itself; a finished answer must give its connection back
+    to the pool (a new connection per request would still work, only slower)."""
+    for _ in range(3):
+        client.chat.completions.create(model="demo-chat", messages=user_message("one"))
+        assert "".join(chunk.choices[0].delta.content or "" for chunk in client.chat.completions.create(
+            model="demo-chat", messages=user_message("two"), stream=True) if chunk.choices) == "You said: two"
+    connections = {call["client"] for call in chat_requests(recorded)}
+    assert len(chat_requests(recorded)) == 6 and len(connections) <= 2, connections
