@@ -7,6 +7,7 @@ memory mode builds the Dify query and conversation id -> start one Dify stream p
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from itertools import chain
 from typing import Any
@@ -89,8 +90,35 @@ def answer_chat(body: Any, model: str | None = None) -> Response:
         response.headers.update(headers)
         return response
     encoders = [ChatChunkEncoder(completion_id, created, chat.model, index, legacy) for index in range(chat.n)]
-    return Response(sse_body(batches, encoders, chat.include_usage, close, first), status=200,
-                    headers={**STREAM_HEADERS, **headers}, content_type=SSE_CONTENT_TYPE)
+    return event_stream(sse_body(batches, encoders, chat.include_usage, close, first), headers)
+
+
+def event_stream(body: Iterator[bytes], headers: dict[str, str] | None = None) -> Response:
+    return EventStreamResponse(body, status=200, headers={**STREAM_HEADERS, **(headers or {})},
+                               content_type=SSE_CONTENT_TYPE)
+
+
+class EventStreamResponse(Response):
+    """A streamed SSE response whose body generator the WSGI server iterates itself.
+
+    werkzeug would wrap the body in two iterators of its own, and every level of iterators
+    deepens the stack that each held stream keeps while it waits for Dify. Only closing needs
+    werkzeug (the `call_on_close` callbacks), and closing needs no wrapper around iteration.
+    """
+
+    def get_app_iter(self, environ: dict[str, Any]) -> Iterable[bytes]:
+        return _ClosingBody(self.response, self.close)
+
+
+class _ClosingBody:
+    """What the WSGI server iterates: the body itself (`__iter__`), and `close` for the end."""
+
+    def __init__(self, body: Iterable[bytes], close: Callable[[], None]) -> None:
+        self._body = body
+        self.close = close
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._body)
 
 
 def _first_turn(memory: MemoryMode, app: DifyApp, chat: ChatRequest, body: dict[str, Any]) -> tuple[DifyTurn, bool]:

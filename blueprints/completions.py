@@ -12,7 +12,7 @@ from typing import Any
 
 from flask import Blueprint, Response, g, jsonify
 
-from blueprints.chat import SSE_CONTENT_TYPE, STREAM_HEADERS, new_relay
+from blueprints.chat import event_stream, new_relay
 from blueprints.edge import read_json
 from services.auth import dify_user_for
 from services.completion_request import parse_completion_request
@@ -68,5 +68,4 @@ def answer_completion(body: Any, model: str | None = None) -> Response:
         return jsonify(text_completion_body(completion_id, created, request.model, collectors, usage))
     encoders = [TextChunkEncoder(completion_id, created, request.model, index, echo)
                 for index, echo in enumerate(echoes)]
-    return Response(sse_body(batches, encoders, request.include_usage, close, first), status=200,
-                    headers=STREAM_HEADERS, content_type=SSE_CONTENT_TYPE)
+    return event_stream(sse_body(batches, encoders, request.include_usage, close, first))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from itertools import repeat
 from typing import Any
 
 import gevent
@@ -112,13 +113,15 @@ class ChatRelay:
         return items
 
     def batches(self) -> Iterator[list[Item]]:
-        if self._pacer is None:
-            while not self._done:
-                batch = self._next_batch(self._keepalive)
-                if batch:
-                    yield batch
-            return
-        yield from self._paced_batches(self._pacer)
+        # The chosen generator itself, not one wrapping it: every level of generators
+        # deepens the stack a held stream keeps while it waits.
+        return self._plain_batches() if self._pacer is None else self._paced_batches(self._pacer)
+
+    def _plain_batches(self) -> Iterator[list[Item]]:
+        while not self._done:
+            batch = self._next_batch(self._keepalive)
+            if batch:
+                yield batch
 
     def _paced_batches(self, pacer: SmoothPacer) -> Iterator[list[Item]]:
         """The same batches, through the pacer: wait for Dify only until the pacer's next
@@ -179,9 +182,11 @@ def merged_batches(relays: list[ChatRelay]) -> Iterator[tuple[int, list[Item]]]:
     never holds back the others.
     """
     if len(relays) == 1:
-        for batch in relays[0].batches():
-            yield 0, batch
-        return
+        return zip(repeat(0), relays[0].batches())  # (no generator level of its own: see `batches`)
+    return _interleaved(relays)
+
+
+def _interleaved(relays: list[ChatRelay]) -> Iterator[tuple[int, list[Item]]]:
     arrivals: Queue = Queue()
 
     def pump(index: int, relay: ChatRelay) -> None:

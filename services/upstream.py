@@ -47,7 +47,7 @@ class _Interrupted(BaseException):
 class UpstreamStream:
     def __init__(self, open_response: Callable[[], requests.Response]) -> None:
         """`open_response` makes the Dify call; it raises OpenAIError when Dify refuses it."""
-        self._opener = gevent.spawn(_open, open_response)
+        self._opener: gevent.Greenlet | None = gevent.spawn(_open, open_response)
         self._body: DifyBody | None = None
         self._decoder = SSEDecoder()
         self._waiting: Any = None  # the greenlet inside `_wait`, which `wake` interrupts
@@ -104,6 +104,7 @@ class UpstreamStream:
             if isinstance(opened, OpenAIError):
                 raise opened
             self._body = DifyBody(opened)
+            self._opener = None  # with the requests.Response it holds: a held stream keeps neither
         return self._body.read()
 
     def close(self, finished: bool) -> None:
@@ -113,11 +114,12 @@ class UpstreamStream:
         the chunked encoding) is read, in the background if it has not arrived yet, so the
         connection goes back to the pool; otherwise (client gone, error) it is dropped.
         """
-        body = self._body
+        body, opener = self._body, self._opener
         if body is None:
-            self._opener.kill(block=True, timeout=1)  # a call still in flight drops its connection
-            if isinstance(self._opener.value, requests.Response):
-                self._opener.value.close()
+            assert opener is not None
+            opener.kill(block=True, timeout=1)  # a call still in flight drops its connection
+            if isinstance(opener.value, requests.Response):
+                opener.value.close()
             return
         if finished and not body.ended:
             body.read_arrived()
@@ -143,8 +145,10 @@ class DifyBody:
     def __init__(self, response: requests.Response) -> None:
         raw = response.raw
         message = raw._fp  # http.client's response: how the body is framed, what it read ahead
-        self._response = response
-        self._socket = raw.connection.sock
+        # Only the connection and its pool are kept: the response objects (three copies of
+        # the headers) would be a tenth of what a held stream costs.
+        self._connection, self._pool = raw.connection, raw._pool
+        self._socket = self._connection.sock
         self._until_close = not message.chunked and message.length is None
         self._framing = (ChunkedBody() if message.chunked else
                          UntilClose() if self._until_close else LengthBody(message.length))
@@ -235,9 +239,8 @@ class DifyBody:
     def release(self) -> None:
         """Give the connection back to the pool when the body ended cleanly; else drop it."""
         try:
-            if self._reusable and self._framing.ended:
-                self._response.raw.release_conn()
-            else:
-                self._response.close()
+            if not (self._reusable and self._framing.ended):
+                self._connection.close()  # it goes back to the pool closed, as urllib3 does
+            self._pool._put_conn(self._connection)
         except Exception:  # cleanup must never turn a finished answer into a failure
             log.warning("closing the Dify response failed", exc_info=True)
