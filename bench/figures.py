@@ -15,6 +15,7 @@ from typing import Any
 import gevent
 
 from bench import procstat
+from bench.http import build_request
 from bench.load import (
     Batch,
     HeldStreams,
@@ -109,6 +110,12 @@ def throughput(direct: Side, gateway: Side, requests: int, concurrency: int, rou
         relayed_runs.append(metered({"gateway": gateway.pid, "emulator": direct.pid}, lambda: run_batch(
             gateway.target, gateway_raw, per_round, concurrency, read_gateway)))
     plain, relayed = Metered.combine(plain_runs), Metered.combine(relayed_runs)
+    # The floor under the gateway's figure: the same server stack (gunicorn, Flask, the edge
+    # hooks) answering its smallest endpoint, with no Dify call.
+    target = gateway.target
+    health_raw = build_request("GET", target.host, target.port, "/healthz", {}, b"")
+    health = metered({"gateway": gateway.pid}, lambda: run_batch(target, health_raw, requests, concurrency,
+                                                                   read_body(b"ok")))
     direct_rps = len(plain.batch.values) / plain.batch.seconds
     gateway_rps = len(relayed.batch.values) / relayed.batch.seconds
     return {
@@ -120,12 +127,14 @@ def throughput(direct: Side, gateway: Side, requests: int, concurrency: int, rou
         "ratio": gateway_rps / direct_rps if direct_rps else math.nan,
         "gateway_cpu_ms_per_request": relayed.ms_per_request("gateway"),
         "gateway_cpu_system_share": relayed.cpu["gateway"].system_share,
+        "gateway_healthz_cpu_ms_per_request": health.ms_per_request("gateway"),
         "emulator_cpu_ms_per_request_direct": plain.ms_per_request("emulator"),
         "emulator_cpu_ms_per_request_via_gateway": relayed.ms_per_request("emulator"),
         "client_cpu_ms_per_request_direct": plain.client_ms_per_request(),
         "client_cpu_ms_per_request_via_gateway": relayed.client_ms_per_request(),
         "direct": _errors(plain.batch),
         "gateway": _errors(relayed.batch),
+        "healthz": _errors(health.batch),
     }
 
 

@@ -60,13 +60,15 @@ def _rows(results: dict[str, Any]) -> list[tuple[str, ...] | str]:
         cpu = t["gateway_cpu_ms_per_request"]
         rows.append(("  gateway CPU per request (ms)", "", num(cpu, 3), _kernel(t["gateway_cpu_system_share"]),
                      "<= 1.1", verdict(cpu, 1.1)))
+        rows.append(("  gateway CPU per GET /healthz (ms): floor", "", num(t["gateway_healthz_cpu_ms_per_request"], 3),
+                     "", "", ""))
         rows.append(("  emulator CPU per request (ms)", num(t["emulator_cpu_ms_per_request_direct"], 3),
                      num(t["emulator_cpu_ms_per_request_via_gateway"], 3), "", "", ""))
         rows.append(("  load client CPU per request (ms)", num(t["client_cpu_ms_per_request_direct"], 3),
                      num(t["client_cpu_ms_per_request_via_gateway"], 3), "", "", ""))
-        errors = t["direct"]["errors"] + t["gateway"]["errors"]
-        rows.append(("  errors", num(t["direct"]["errors"]), num(t["gateway"]["errors"]), "", "0",
-                     verdict(errors, 0)))
+        errors = t["direct"]["errors"] + t["gateway"]["errors"] + t["healthz"]["errors"]
+        rows.append(("  errors", num(t["direct"]["errors"]), num(t["gateway"]["errors"] + t["healthz"]["errors"]),
+                     "", "0", verdict(errors, 0)))
     f = section(results, "first_byte")
     if f:
         rows.append(f"2. Time to first content event, {f['requests']} sequential streams")
