@@ -15,7 +15,12 @@ _HEX_DIGITS = b"0123456789abcdefABCDEF"
 
 
 class MalformedBody(ValueError):
-    """The bytes cannot be the body framing the headers announced."""
+    """The bytes cannot be the body framing the headers announced. `content`: what the same
+    piece carried before the fault, still to be delivered."""
+
+    def __init__(self, message: str, content: bytes = b"") -> None:
+        super().__init__(message)
+        self.content = content
 
 
 class ChunkedBody:
@@ -31,7 +36,14 @@ class ChunkedBody:
         self._in_trailer = False  # the last chunk was seen: trailer lines up to a blank one
 
     def feed(self, data: bytes) -> bytes:
-        content = []
+        content: list[bytes] = []
+        try:
+            self._feed(data, content)
+        except MalformedBody as exc:
+            raise MalformedBody(str(exc), b"".join(content)) from None
+        return b"".join(content)
+
+    def _feed(self, data: bytes, content: list[bytes]) -> None:
         pos, size = 0, len(data)
         while pos < size and not self.ended:
             if self._left:
@@ -48,7 +60,6 @@ class ChunkedBody:
             line, pos = self._line + data[pos:eol], eol + 1
             self._line = b""
             self._end_line(line.rstrip(b"\r"))
-        return b"".join(content)
 
     def _keep_partial_line(self, piece: bytes) -> None:
         self._line += piece

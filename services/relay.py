@@ -44,7 +44,7 @@ class ChatRelay:
         self._client = client
         self._app = app
         self._dify_user = dify_user
-        self._upstream = UpstreamStream(open_response)
+        self._upstream = UpstreamStream(open_response, client.timeout)
         self._watch = ClientWatch(client_socket, self._upstream.wake) if client_socket is not None else None
         self.client_gone = False
         self._deadline = time.monotonic() + deadline_seconds

@@ -45,9 +45,11 @@ class _Interrupted(BaseException):
 
 
 class UpstreamStream:
-    def __init__(self, open_response: Callable[[], requests.Response]) -> None:
-        """`open_response` makes the Dify call; it raises OpenAIError when Dify refuses it."""
+    def __init__(self, open_response: Callable[[], requests.Response], silence_limit: float) -> None:
+        """`open_response` makes the Dify call; it raises OpenAIError when Dify refuses it.
+        After `silence_limit` s without a byte from Dify (TIMEOUT) the stream fails."""
         self._opener: gevent.Greenlet | None = gevent.spawn(_open, open_response)
+        self._silence_limit = silence_limit
         self._body: DifyBody | None = None
         self._decoder = SSEDecoder()
         self._waiting: Any = None  # the greenlet inside `_wait`, which `wake` interrupts
@@ -88,6 +90,12 @@ class UpstreamStream:
         if self._woken:
             self._woken = False
             return None
+        if self._body is not None:  # (before, the call's own socket timeout bounds the wait)
+            silent_until = self._body.last_data_at + self._silence_limit
+            left = silent_until - time.monotonic()
+            if left <= 0:
+                raise upstream_timeout("no data from Dify within TIMEOUT seconds")
+            timeout = left if timeout is None else min(timeout, left)
         self._waiting = getcurrent()
         timer = gevent.Timeout._start_new_or_dummy(timeout, _Interrupted)
         try:
@@ -121,9 +129,9 @@ class UpstreamStream:
             if isinstance(opener.value, requests.Response):
                 opener.value.close()
             return
-        if finished and not body.ended:
+        if finished and not body.ended and body.reusable:
             body.read_arrived()
-        if body.ended or not finished:
+        if body.ended or not finished or not body.reusable:
             body.release()
         else:
             gevent.spawn(body.finish, _DRAIN_SECONDS)
@@ -140,7 +148,9 @@ def _open(open_response: Callable[[], requests.Response]) -> requests.Response |
 
 
 class DifyBody:
-    """The body of one Dify answer, read from its connection's socket after the headers."""
+    """The body of one Dify answer, read after the headers: from the connection's socket, or,
+    when Dify will close the connection (http.client then hands the socket to the response),
+    through http.client's own reader."""
 
     def __init__(self, response: requests.Response) -> None:
         raw = response.raw
@@ -148,16 +158,19 @@ class DifyBody:
         # Only the connection and its pool are kept: the response objects (three copies of
         # the headers) would be a tenth of what a held stream costs.
         self._connection, self._pool = raw.connection, raw._pool
-        self._socket = self._connection.sock
         self._until_close = not message.chunked and message.length is None
         self._framing = (ChunkedBody() if message.chunked else
                          UntilClose() if self._until_close else LengthBody(message.length))
-        self._reusable = not message.will_close and not self._until_close
-        self._arrived = self._read_ahead(message)
-        message.close()  # frees its read buffer; the connection stays open
-        # TIMEOUT bounds Dify's silence, however often the relay's own waits cut a `recv` short.
-        self._silence_limit = self._socket.gettimeout()
-        self._last_data_at = time.monotonic()
+        self.reusable = not message.will_close
+        self._fault: OpenAIError | None = None  # found after content that still had to go out
+        self.last_data_at = time.monotonic()
+        if self.reusable:
+            self._message = None
+            self._socket = self._connection.sock
+            self._arrived = self._read_ahead(message)
+            message.close()  # frees its read buffer; the connection stays open
+        else:
+            self._message, self._socket, self._arrived = message, None, b""
 
     @property
     def ended(self) -> bool:
@@ -183,8 +196,10 @@ class DifyBody:
             self._socket.settimeout(timeout)
 
     def read(self, wait: bool = True) -> bytes:
-        """The next content bytes, waiting for the network at most TIMEOUT (the socket's
-        timeout); b"" at the end of the body, and without `wait` when nothing else arrived."""
+        """The next content bytes, waiting for the network; b"" at the end of the body, and
+        without `wait` when nothing else arrived."""
+        if self._fault is not None:
+            raise self._fault
         try:
             while not self._framing.ended:
                 data, self._arrived = self._arrived or self._recv(wait), b""
@@ -199,23 +214,27 @@ class DifyBody:
                 if content:
                     return content
             return b""
+        except MalformedBody as exc:
+            error = server_error(f"Dify sent a malformed body: {exc}", 502, "upstream_error")
+            if not exc.content:
+                raise error from None
+            self._fault = error
+            return exc.content
         except TimeoutError:
             raise upstream_timeout("no data from Dify within TIMEOUT seconds") from None
-        except MalformedBody as exc:
-            raise server_error(f"Dify sent a malformed body: {exc}", 502, "upstream_error") from None
         except OSError:
             raise server_error("the connection to Dify broke mid-stream", 502, "upstream_disconnected") from None
 
     def _recv(self, wait: bool) -> bytes | None:
-        if not wait:
-            return self._without_waiting(lambda: self._socket.recv(_RECV_BYTES))
-        if self._silence_limit is not None:
-            remaining = self._last_data_at + self._silence_limit - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError
-            self._socket.settimeout(remaining)
-        data = self._socket.recv(_RECV_BYTES)
-        self._last_data_at = time.monotonic()
+        if self._socket is None:
+            fp = self._message.fp
+            data = (fp.read1(_RECV_BYTES) if fp else b"") if wait else None
+        elif wait:
+            data = self._socket.recv(_RECV_BYTES)
+        else:
+            data = self._without_waiting(lambda: self._socket.recv(_RECV_BYTES))
+        if data:
+            self.last_data_at = time.monotonic()
         return data
 
     def read_arrived(self) -> None:
@@ -239,7 +258,9 @@ class DifyBody:
     def release(self) -> None:
         """Give the connection back to the pool when the body ended cleanly; else drop it."""
         try:
-            if not (self._reusable and self._framing.ended):
+            if self._message is not None:
+                self._message.close()
+            if not (self.reusable and self._framing.ended):
                 self._connection.close()  # it goes back to the pool closed, as urllib3 does
             self._pool._put_conn(self._connection)
         except Exception:  # cleanup must never turn a finished answer into a failure

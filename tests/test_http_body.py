@@ -77,3 +77,9 @@ def test_length_body_stops_at_its_length():
 def test_until_close_passes_everything():
     body = UntilClose()
     assert body.feed(b"abc") == b"abc" and not body.ended
+
+
+def test_content_before_a_fault_in_the_same_read_comes_with_the_error():
+    with pytest.raises(MalformedBody) as caught:
+        ChunkedBody().feed(b"3\r\nabc\r\nzz\r\n")
+    assert caught.value.content == b"abc"
