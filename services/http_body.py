@@ -36,30 +36,27 @@ class ChunkedBody:
         self._in_trailer = False  # the last chunk was seen: trailer lines up to a blank one
 
     def feed(self, data: bytes) -> bytes:
-        content: list[bytes] = []
+        content = []
+        pos, size = 0, len(data)
         try:
-            self._feed(data, content)
+            while pos < size and not self.ended:
+                if self._left:
+                    end = min(size, pos + self._left)
+                    content.append(data[pos:end])
+                    self._left -= end - pos
+                    self._after_data = not self._left
+                    pos = end
+                    continue
+                eol = data.find(b"\n", pos)
+                if eol < 0:
+                    self._keep_partial_line(data[pos:])
+                    break
+                line, pos = self._line + data[pos:eol], eol + 1
+                self._line = b""
+                self._end_line(line.rstrip(b"\r"))
         except MalformedBody as exc:
             raise MalformedBody(str(exc), b"".join(content)) from None
         return b"".join(content)
-
-    def _feed(self, data: bytes, content: list[bytes]) -> None:
-        pos, size = 0, len(data)
-        while pos < size and not self.ended:
-            if self._left:
-                end = min(size, pos + self._left)
-                content.append(data[pos:end])
-                self._left -= end - pos
-                self._after_data = not self._left
-                pos = end
-                continue
-            eol = data.find(b"\n", pos)
-            if eol < 0:
-                self._keep_partial_line(data[pos:])
-                break
-            line, pos = self._line + data[pos:eol], eol + 1
-            self._line = b""
-            self._end_line(line.rstrip(b"\r"))
 
     def _keep_partial_line(self, piece: bytes) -> None:
         self._line += piece

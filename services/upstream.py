@@ -70,7 +70,7 @@ class UpstreamStream:
         if self._ended:
             return None
         try:
-            data = self._wait(self._next_content, timeout)
+            data = self._wait(self._next_content, self._within_silence_limit(timeout))
         except OpenAIError:
             self._ended = True
             raise
@@ -90,12 +90,6 @@ class UpstreamStream:
         if self._woken:
             self._woken = False
             return None
-        if self._body is not None:  # (before, the call's own socket timeout bounds the wait)
-            silent_until = self._body.last_data_at + self._silence_limit
-            left = silent_until - time.monotonic()
-            if left <= 0:
-                raise upstream_timeout("no data from Dify within TIMEOUT seconds")
-            timeout = left if timeout is None else min(timeout, left)
         self._waiting = getcurrent()
         timer = gevent.Timeout._start_new_or_dummy(timeout, _Interrupted)
         try:
@@ -105,6 +99,16 @@ class UpstreamStream:
         finally:
             self._waiting = None
             timer.close()
+
+    def _within_silence_limit(self, timeout: float | None) -> float | None:
+        """`timeout`, shortened so that Dify's silence never outlasts TIMEOUT (until the headers
+        came, the call's own socket timeout bounds it)."""
+        if self._body is None:
+            return timeout
+        left = self._body.last_data_at + self._silence_limit - time.monotonic()
+        if left <= 0:
+            raise upstream_timeout("no data from Dify within TIMEOUT seconds")
+        return left if timeout is None else min(timeout, left)
 
     def _next_content(self) -> bytes:
         if self._body is None:
@@ -167,10 +171,12 @@ class DifyBody:
         if self.reusable:
             self._message = None
             self._socket = self._connection.sock
+            self._read_some = self._socket.recv
             self._arrived = self._read_ahead(message)
             message.close()  # frees its read buffer; the connection stays open
         else:
             self._message, self._socket, self._arrived = message, None, b""
+            self._read_some = message.fp.read1 if message.fp else lambda _size: b""
 
     @property
     def ended(self) -> bool:
@@ -226,11 +232,10 @@ class DifyBody:
             raise server_error("the connection to Dify broke mid-stream", 502, "upstream_disconnected") from None
 
     def _recv(self, wait: bool) -> bytes | None:
-        if self._socket is None:
-            fp = self._message.fp
-            data = (fp.read1(_RECV_BYTES) if fp else b"") if wait else None
-        elif wait:
-            data = self._socket.recv(_RECV_BYTES)
+        if wait:
+            data = self._read_some(_RECV_BYTES)
+        elif self._socket is None:
+            return None
         else:
             data = self._without_waiting(lambda: self._socket.recv(_RECV_BYTES))
         if data:
