@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import re
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +20,7 @@ from config import Settings
 from services.admission import Admission
 from services.auth import key_is_valid, presented_key
 from services.errors import OpenAIError, invalid_api_key, invalid_request, server_error
+from services.render import new_id
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def install(app: Flask, settings: Settings, admission: Admission) -> None:
     @app.before_request
     def admit() -> Response | None:
         incoming = request.headers.get("X-Request-Id", "")
-        g.request_id = incoming if _SANE_REQUEST_ID.fullmatch(incoming) else f"req_{uuid.uuid4().hex}"
+        g.request_id = incoming if _SANE_REQUEST_ID.fullmatch(incoming) else new_id("req", "_")
         if request.method == "OPTIONS":
             return _preflight()
         g.client_key = presented_key(request.headers)
@@ -114,7 +114,7 @@ def install(app: Flask, settings: Settings, admission: Admission) -> None:
             response.headers["Access-Control-Expose-Headers"] = _EXPOSED_HEADERS
             if origin != "*":
                 response.headers["Vary"] = "Origin"
-        response.headers["X-Request-Id"] = g.get("request_id") or f"req_{uuid.uuid4().hex}"
+        response.headers["X-Request-Id"] = g.get("request_id") or new_id("req", "_")
         return response
 
     @app.errorhandler(OpenAIError)

@@ -44,6 +44,8 @@ class DifyClient:
         # call (requests would rescan the environment and ~/.netrc each time).
         options = self.session.merge_environment_settings(self.base_url, {}, None, None, None)
         self._send_options = {name: options[name] for name in ("verify", "cert", "proxies")}
+        if parts.scheme != "https":  # a CA-bundle path would be looked up on disk on every call
+            self._send_options["verify"] = True
 
     def _request(self, method: str, app_key: str, path: str, *, payload: Any = None, stream: bool = False,
                  timeout: float | None = None, files: dict[str, Any] | None = None,

@@ -9,8 +9,8 @@ only in the chunk and body shapes.
 from __future__ import annotations
 
 import json
+import random
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
@@ -25,8 +25,10 @@ DONE = b"data: [DONE]\n\n"
 KEEPALIVE = b": ping\n\n"
 
 
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
+def new_id(prefix: str, separator: str = "-") -> str:
+    """A unique id: 128 random bits. Ids are not secrets, so no system call for entropy
+    (`random` is reseeded in each forked worker)."""
+    return f"{prefix}{separator}{random.getrandbits(128):032x}"
 
 
 def now() -> int:

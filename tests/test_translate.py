@@ -1,6 +1,7 @@
 """Unit tests: Dify events -> items -> OpenAI chunks and completions."""
 
 import json
+import re
 
 import pytest
 
@@ -11,6 +12,7 @@ from services.render import (
     TextChunkEncoder,
     chat_completion_body,
     collect,
+    new_id,
     sse_body,
 )
 from services.translate import END, ERROR, PING_ITEM, REPLACE, TEXT, DifyEventTranslator, outputs_text
@@ -185,3 +187,10 @@ def test_what_arrived_before_commit_goes_out_with_the_opening_in_one_write():
     assert writes[1].endswith(b"data: [DONE]\n\n")
     whole = list(sse_body([], [encoder], False, lambda: None, first=[(0, [(TEXT, "Hi"), (END, ("stop", None))])]))
     assert len(whole) == 1 and whole[0].endswith(b"data: [DONE]\n\n")
+
+
+def test_ids_are_128_random_bits_in_hex():
+    ids = {new_id("chatcmpl") for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(re.fullmatch(r"chatcmpl-[0-9a-f]{32}", value) for value in ids)
+    assert re.fullmatch(r"req_[0-9a-f]{32}", new_id("req", "_"))
