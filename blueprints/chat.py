@@ -189,7 +189,8 @@ def _relay(gateway: Gateway, memory: MemoryMode, app: DifyApp, dify_user: str, c
                            user=dify_user, inputs=chat.inputs, files=files)
     thoughts = None if settings.agent_thoughts == "hidden" else AgentThoughts(settings.agent_thoughts)
     translator = DifyEventTranslator(app.mode, thoughts, gateway.dify.origin, settings.workflow_progress)
-    pipeline = OutputPipeline(stages, suffix=lambda: memory.reply_suffix(translator.conversation_id, turn))
+    continued = turn.conversation_id  # (not `turn`: a held stream must not keep the whole prompt)
+    pipeline = OutputPipeline(stages, suffix=lambda: memory.reply_suffix(translator.conversation_id, continued))
     pacer = SmoothPacer(max_lag=settings.smooth_max_lag) if chat.stream and settings.smooth_output else None
     return new_relay(gateway, app, dify_user, payload, translator, pipeline, pacer)
 

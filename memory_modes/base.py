@@ -45,8 +45,10 @@ class MemoryMode(Protocol):
     def recover(self, messages: Messages) -> DifyTurn:
         """The turn to send instead when Dify no longer knows the conversation (404)."""
 
-    def reply_suffix(self, conversation_id: str | None, turn: DifyTurn) -> str:
-        """Text appended at the end of the reply (mode 2's invisible conversation id)."""
+    def reply_suffix(self, conversation_id: str | None, continued: str | None) -> str:
+        """Text appended at the end of the reply (mode 2's invisible conversation id).
+        `conversation_id`: Dify's for this reply; `continued`: the one the turn continued,
+        None when it started a new conversation."""
 
 
 def system_prompt(messages: Messages) -> str:

@@ -130,7 +130,7 @@ class ZeroWidthMode:
         """A new Dify conversation that starts with the whole history folded in."""
         return DifyTurn(query=fold_history(without_ids(messages)))
 
-    def reply_suffix(self, conversation_id: str | None, turn: DifyTurn) -> str:
-        if conversation_id and turn.conversation_id is None:
+    def reply_suffix(self, conversation_id: str | None, continued: str | None) -> str:
+        if conversation_id and continued is None:
             return encode_id(conversation_id)
         return ""

@@ -187,9 +187,9 @@ def test_zero_width_mode_turns():
         query="System:\nBe brief.\n\nUser:\nq1\n\nAssistant:\na1\n\nCurrent question:\nq2")
     assert mode.recover(foreign) == mode.prepare(foreign)
     new_id = str(uuid.uuid4())
-    assert mode.reply_suffix(new_id, DifyTurn(query="q1")) == reference_encode(new_id)
-    assert mode.reply_suffix(new_id, DifyTurn(query="q2", conversation_id=new_id)) == ""
-    assert mode.reply_suffix(None, DifyTurn(query="q1")) == ""
+    assert mode.reply_suffix(new_id, None) == reference_encode(new_id)
+    assert mode.reply_suffix(new_id, new_id) == ""
+    assert mode.reply_suffix(None, None) == ""
 
 
 def test_starting_over_folds_the_history_without_the_ids():
@@ -210,7 +210,7 @@ def test_starting_over_folds_the_history_without_the_ids():
 
 def test_memory_mode_numbers():
     assert [type(memory_mode(number)) for number in (0, 1, 2)] == [StatelessMode, HistoryMode, ZeroWidthMode]
-    assert all(memory_mode(number).reply_suffix("x", DifyTurn(query="q")) == "" for number in (0, 1))
+    assert all(memory_mode(number).reply_suffix("x", None) == "" for number in (0, 1))
 
 
 # --- Mode 1: the folded history ---------------------------------------------------------------
