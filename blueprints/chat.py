@@ -103,22 +103,40 @@ class EventStreamResponse(Response):
 
     werkzeug would wrap the body in two iterators of its own, and every level of iterators
     deepens the stack that each held stream keeps while it waits for Dify. Only closing needs
-    werkzeug (the `call_on_close` callbacks), and closing needs no wrapper around iteration.
+    werkzeug (the `call_on_close` callbacks), and closing needs no wrapper around iteration;
+    the callbacks are kept apart so that the server holds neither this object nor its headers
+    for the life of the stream.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._closers: list[Callable[[], Any]] = []
+
+    def call_on_close(self, func: Callable[[], Any]) -> Callable[[], Any]:
+        self._closers.append(func)
+        return func
+
     def get_app_iter(self, environ: dict[str, Any]) -> Iterable[bytes]:
-        return _ClosingBody(self.response, self.close)
+        return _ClosingBody(self.response, self._closers)
 
 
 class _ClosingBody:
-    """What the WSGI server iterates: the body itself (`__iter__`), and `close` for the end."""
+    """What the WSGI server iterates: the body itself (`__iter__`); `close` at the end closes
+    it, then runs the response's close callbacks."""
 
-    def __init__(self, body: Iterable[bytes], close: Callable[[], None]) -> None:
+    def __init__(self, body: Iterator[bytes], closers: list[Callable[[], Any]]) -> None:
         self._body = body
-        self.close = close
+        self._closers = closers
 
     def __iter__(self) -> Iterator[bytes]:
-        return iter(self._body)
+        return self._body
+
+    def close(self) -> None:
+        try:
+            self._body.close()
+        finally:
+            for closer in self._closers:
+                closer()
 
 
 def _first_turn(memory: MemoryMode, app: DifyApp, chat: ChatRequest, body: dict[str, Any]) -> tuple[DifyTurn, bool]:
