@@ -91,14 +91,15 @@ class UpstreamStream:
             self._woken = False
             return None
         self._waiting = getcurrent()
-        timer = gevent.Timeout._start_new_or_dummy(timeout, _Interrupted)
+        timer = None if timeout is None else gevent.Timeout.start_new(timeout, _Interrupted)
         try:
             return call()
         except _Interrupted:
             return None
         finally:
             self._waiting = None
-            timer.close()
+            if timer is not None:
+                timer.close()
 
     def _within_silence_limit(self, timeout: float | None) -> float | None:
         """`timeout`, shortened so that Dify's silence never outlasts TIMEOUT (until the headers
@@ -113,8 +114,8 @@ class UpstreamStream:
     def _next_content(self) -> bytes:
         if self._body is None:
             opened = self._opener.get()
-            if isinstance(opened, OpenAIError):
-                raise opened
+            if not isinstance(opened, requests.Response):  # refused, or cancelled by `close`
+                raise opened if isinstance(opened, OpenAIError) else server_error("the Dify call was cancelled")
             self._body = DifyBody(opened)
             self._opener = None  # with the requests.Response it holds: a held stream keeps neither
         return self._body.read()
@@ -159,8 +160,8 @@ class DifyBody:
     def __init__(self, response: requests.Response) -> None:
         raw = response.raw
         message = raw._fp  # http.client's response: how the body is framed, what it read ahead
-        # Only the connection and its pool are kept: the response objects (three copies of
-        # the headers) would be a tenth of what a held stream costs.
+        # Only the connection and its pool are kept, not requests' and urllib3's response
+        # objects (each with its own copy of the headers): a held stream is small.
         self._connection, self._pool = raw.connection, raw._pool
         self._until_close = not message.chunked and message.length is None
         self._framing = (ChunkedBody() if message.chunked else
