@@ -140,3 +140,22 @@ def test_finished_streams_call_no_stop(client, recorded):
     list(client.chat.completions.create(model="demo-chat", messages=user_message("done"), stream=True))
     time.sleep(0.3)
     assert recorded.stops() == []
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_client_gone_before_dify_answered_cancels_the_calls_cleanly(start_gateway, n):
+    """The client leaves after the stream was committed (pings) but before Dify's headers:
+    the calls in flight are dropped, nothing fails in the worker, and it serves on."""
+    gateway = start_gateway(FIRST_EVENT_WAIT="0.3", KEEPALIVE_INTERVAL="0.2")
+    workers = gateway.worker_pids()
+    body = {**chat_body("late", first_delay_ms=1500), "n": n}
+    sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
+    sock.sendall(raw_chat_request(body))
+    assert b"200 OK" in sock.recv(65536)
+    sock.close()
+    time.sleep(2)
+    reply = requests.post(gateway.base_url + "/chat/completions", headers={"Authorization": f"Bearer {CLIENT_KEY}"},
+                          json=chat_body("again", stream=False), timeout=30)
+    assert reply.json()["choices"][0]["message"]["content"] == "You said: again"
+    assert gateway.worker_pids() == workers
+    assert "Traceback" not in gateway.output() and " failed with " not in gateway.output()
