@@ -196,21 +196,31 @@ def sse_body(batches: Iterable[tuple[int, list[Item]]], encoders: list[ChoiceEnc
             return out + (encoders[0].usage_chunk(usage) if include_usage else b"") + DONE, True
         return out, False
 
-    try:
+    def opening(first: Iterable[tuple[int, list[Item]]]) -> tuple[bytes, bool]:
         head = b"".join(encoder.opening() for encoder in encoders)
         for index, items in first:
             piece, ended = render(index, items)
             head += piece
             if ended:
-                yield head
-                return
-        yield head or KEEPALIVE
+                return head, True
+        return head or KEEPALIVE, False
+
+    try:
+        head, ended = opening(first)
+        yield head
+        if ended:
+            return
+        # Nothing already written stays referenced while the stream waits for Dify: with
+        # hundreds of held streams, each one's last write would add up.
+        del head, first
         for index, items in batches:
             piece, ended = render(index, items)
+            del items
             if piece:
                 yield piece
             if ended:
                 return
+            del piece
     finally:
         close()
 
