@@ -7,7 +7,6 @@ memory mode builds the Dify query and conversation id -> start one Dify stream p
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from itertools import chain
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 from flask import Blueprint, Response, g, jsonify, request
 
 from blueprints.edge import read_json
+from blueprints.event_stream import event_stream
 from memory_modes import DifyTurn, MemoryMode
 from memory_modes.base import after_newest_assistant, continuation_query, is_conversation_id
 from services.apps import DifyApp
@@ -45,11 +45,6 @@ from services.translate import ERROR, DifyEventTranslator
 bp = Blueprint("chat", __name__)
 
 CONVERSATION_HEADER = "X-Dify-Conversation-Id"
-STREAM_HEADERS = {
-    "Cache-Control": "no-cache",
-    "X-Accel-Buffering": "no",  # nginx must not buffer the stream
-}
-SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
 
 
 @bp.post("/chat/completions")
@@ -91,52 +86,6 @@ def answer_chat(body: Any, model: str | None = None) -> Response:
         return response
     encoders = [ChatChunkEncoder(completion_id, created, chat.model, index, legacy) for index in range(chat.n)]
     return event_stream(sse_body(batches, encoders, chat.include_usage, close, first), headers)
-
-
-def event_stream(body: Iterator[bytes], headers: dict[str, str] | None = None) -> Response:
-    return EventStreamResponse(body, status=200, headers={**STREAM_HEADERS, **(headers or {})},
-                               content_type=SSE_CONTENT_TYPE)
-
-
-class EventStreamResponse(Response):
-    """A streamed SSE response whose body generator the WSGI server iterates itself.
-
-    werkzeug would wrap the body in two iterators of its own, and every level of iterators
-    deepens the stack that each held stream keeps while it waits for Dify. Only closing needs
-    werkzeug (the `call_on_close` callbacks), and closing needs no wrapper around iteration;
-    the callbacks are kept apart so that the server holds neither this object nor its headers
-    for the life of the stream.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._closers: list[Callable[[], Any]] = []
-
-    def call_on_close(self, func: Callable[[], Any]) -> Callable[[], Any]:
-        self._closers.append(func)
-        return func
-
-    def get_app_iter(self, environ: dict[str, Any]) -> Iterable[bytes]:
-        return _ClosingBody(self.response, self._closers)
-
-
-class _ClosingBody:
-    """What the WSGI server iterates: the body itself (`__iter__`); `close` at the end closes
-    it, then runs the response's close callbacks."""
-
-    def __init__(self, body: Iterator[bytes], closers: list[Callable[[], Any]]) -> None:
-        self._body = body
-        self._closers = closers
-
-    def __iter__(self) -> Iterator[bytes]:
-        return self._body
-
-    def close(self) -> None:
-        try:
-            self._body.close()
-        finally:
-            for closer in self._closers:
-                closer()
 
 
 def _first_turn(memory: MemoryMode, app: DifyApp, chat: ChatRequest, body: dict[str, Any]) -> tuple[DifyTurn, bool]:

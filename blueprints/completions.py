@@ -12,8 +12,9 @@ from typing import Any
 
 from flask import Blueprint, Response, g, jsonify
 
-from blueprints.chat import event_stream, new_relay
+from blueprints.chat import new_relay
 from blueprints.edge import read_json
+from blueprints.event_stream import event_stream
 from services.auth import dify_user_for
 from services.completion_request import parse_completion_request
 from services.dify_calls import dify_payload

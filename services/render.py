@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from typing import Any, Protocol
 
 from services.errors import OpenAIError
@@ -174,7 +174,7 @@ class TextChunkEncoder(_ChunkEncoder):
 
 
 def sse_body(batches: Iterable[tuple[int, list[Item]]], encoders: list[ChoiceEncoder], include_usage: bool,
-             close: Callable[[], None], first: Iterable[tuple[int, list[Item]]] = ()) -> Iterator[bytes]:
+             close: Callable[[], None], first: Iterable[tuple[int, list[Item]]] = ()) -> Generator[bytes, None, None]:
     """The SSE body: every choice's chunks as they come; once all choices ended, the usage
     chunk (only when asked: legacy code indexes choices[0] of every chunk) and [DONE]. An
     error ends the whole stream with one error event and [DONE]. `first` (what arrived
