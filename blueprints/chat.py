@@ -8,7 +8,6 @@ memory mode builds the Dify query and conversation id -> start one Dify stream p
 from __future__ import annotations
 
 from functools import partial
-from itertools import chain
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
@@ -26,7 +25,7 @@ from services.gateway import Gateway, current_gateway
 from services.openai_request import ChatRequest, check_size, parse_chat_request
 from services.pipeline import OutputPipeline, TextStage
 from services.reasoning import AgentThoughts, ThinkSplitter
-from services.relay import ChatRelay, Item, merged_batches, prefetch_all, raise_first_refusal
+from services.relay import ChatRelay, Item, MergedBatches, prefetch_all, raise_first_refusal
 from services.render import (
     ChatChunkEncoder,
     ChoiceCollector,
@@ -71,21 +70,23 @@ def answer_chat(body: Any, model: str | None = None) -> Response:
     conversation_id = relays[0].translator.conversation_id or turn.conversation_id
     headers = {CONVERSATION_HEADER: conversation_id} if conversation_id else {}
 
+    batches = MergedBatches(relays)
+
     def close() -> None:
+        batches.close()
         for relay in relays:
             relay.close()
 
     first = [(index, items) for index, items in enumerate(prefetched) if items]
-    batches = merged_batches(relays)
     legacy = bool(chat.tools and chat.tools.legacy)
     if not chat.stream:
         collectors = [ChoiceCollector() for _ in relays]
-        usage = collect(chain(first, batches), collectors, close)
+        usage = collect(first, batches.next, collectors, close)
         response = jsonify(chat_completion_body(completion_id, created, chat.model, collectors, usage, legacy))
         response.headers.update(headers)
         return response
     encoders = [ChatChunkEncoder(completion_id, created, chat.model, index, legacy) for index in range(chat.n)]
-    return event_stream(sse_body(batches, encoders, chat.include_usage, close, first), headers)
+    return event_stream(sse_body(batches.next, encoders, chat.include_usage, close, first), headers)
 
 
 def _first_turn(memory: MemoryMode, app: DifyApp, chat: ChatRequest, body: dict[str, Any]) -> tuple[DifyTurn, bool]:

@@ -7,7 +7,6 @@ expect.
 
 from __future__ import annotations
 
-from itertools import chain
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify
@@ -20,7 +19,7 @@ from services.completion_request import parse_completion_request
 from services.dify_calls import dify_payload
 from services.gateway import current_gateway
 from services.pipeline import OutputPipeline
-from services.relay import merged_batches, prefetch_all, raise_first_refusal
+from services.relay import MergedBatches, prefetch_all, raise_first_refusal
 from services.render import ChoiceCollector, TextChunkEncoder, collect, new_id, now, sse_body, text_completion_body
 from services.stages import StopSequences
 from services.translate import DifyEventTranslator
@@ -56,17 +55,19 @@ def answer_completion(body: Any, model: str | None = None) -> Response:
     raise_first_refusal(relays, prefetched)
     completion_id, created = new_id("cmpl"), now()
 
+    batches = MergedBatches(relays)
+
     def close() -> None:
+        batches.close()
         for relay in relays:
             relay.close()
 
     first = [(index, items) for index, items in enumerate(prefetched) if items]
-    batches = merged_batches(relays)
     echoes = prompts if request.echo else [""] * len(prompts)
     if not request.stream:
         collectors = [ChoiceCollector(prefix=echo) for echo in echoes]
-        usage = collect(chain(first, batches), collectors, close)
+        usage = collect(first, batches.next, collectors, close)
         return jsonify(text_completion_body(completion_id, created, request.model, collectors, usage))
     encoders = [TextChunkEncoder(completion_id, created, request.model, index, echo)
                 for index, echo in enumerate(echoes)]
-    return event_stream(sse_body(batches, encoders, request.include_usage, close, first))
+    return event_stream(sse_body(batches.next, encoders, request.include_usage, close, first))

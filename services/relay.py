@@ -11,8 +11,7 @@ and Dify's stop endpoint is called for the task, with the same `user`, in the ba
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from itertools import repeat
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -112,20 +111,22 @@ class ChatRelay:
                 break
         return items
 
-    def batches(self) -> Iterator[list[Item]]:
-        # The chosen generator itself, not one wrapping it: every level of generators
-        # deepens the stack a held stream keeps while it waits.
-        return self._plain_batches() if self._pacer is None else self._paced_batches(self._pacer)
+    def next_batch(self) -> list[Item] | None:
+        """The next items to write, waiting for them; None once the relay is done.
 
-    def _plain_batches(self) -> Iterator[list[Item]]:
+        A plain method, not a generator: the body generator calls it directly, and every level
+        of generators would deepen the stack each held stream keeps while it waits."""
+        if self._pacer is not None:
+            return self._next_paced(self._pacer)
         while not self._done:
             batch = self._next_batch(self._keepalive)
             if batch:
-                yield batch
+                return batch
+        return None
 
-    def _paced_batches(self, pacer: SmoothPacer) -> Iterator[list[Item]]:
-        """The same batches, through the pacer: wait for Dify only until the pacer's next
-        piece is due, and after Dify's end keep going until the pacer is empty."""
+    def _next_paced(self, pacer: SmoothPacer) -> list[Item] | None:
+        """The same, through the pacer: wait for Dify only until the pacer's next piece is
+        due, and after Dify's end keep going until the pacer is empty."""
         while True:
             now = time.monotonic()
             deadline = pacer.next_deadline()
@@ -133,14 +134,14 @@ class ChatRelay:
                 batch = pacer.due(now)
             elif self._done:
                 if deadline is None or self.client_gone:
-                    return
+                    return None
                 gevent.sleep(deadline - now)
                 continue
             else:
                 wait = self._keepalive if deadline is None else min(self._keepalive, deadline - now)
                 batch = pacer.push(self._next_batch(wait), time.monotonic())
             if batch:
-                yield batch
+                return batch
 
     def close(self) -> None:
         if self._watch:
@@ -181,35 +182,42 @@ def raise_first_refusal(relays: list[ChatRelay], prefetched: list[list[Item]]) -
             raise items[0][1]
 
 
-def merged_batches(relays: list[ChatRelay]) -> Iterator[tuple[int, list[Item]]]:
-    """Every relay's batches tagged with its choice index, as they arrive.
+class MergedBatches:
+    """Every relay's batches tagged with its choice index, as they arrive: `next()` waits for
+    the next (index, batch), None once every relay is done.
 
     One relay is read directly; several are read by one greenlet each, so a slow choice
-    never holds back the others.
+    never holds back the others. `close` stops those greenlets (before the relays close).
     """
-    if len(relays) == 1:
-        return zip(repeat(0), relays[0].batches())  # (no generator level of its own: see `batches`)
-    return _interleaved(relays)
 
+    def __init__(self, relays: list[ChatRelay]) -> None:
+        self._relays = relays
+        self._arrivals: Queue | None = None
+        self._pumps: list[gevent.Greenlet] = []
+        self._running = 0
 
-def _interleaved(relays: list[ChatRelay]) -> Iterator[tuple[int, list[Item]]]:
-    arrivals: Queue = Queue()
+    def next(self) -> tuple[int, list[Item]] | None:
+        if len(self._relays) == 1:
+            batch = self._relays[0].next_batch()
+            return None if batch is None else (0, batch)
+        if self._arrivals is None:
+            self._arrivals = Queue()
+            self._pumps = [gevent.spawn(self._pump, index, relay) for index, relay in enumerate(self._relays)]
+            self._running = len(self._pumps)
+        while self._running:
+            index, batch = self._arrivals.get()
+            if batch is not None:
+                return index, batch
+            self._running -= 1
+        return None
 
-    def pump(index: int, relay: ChatRelay) -> None:
+    def _pump(self, index: int, relay: ChatRelay) -> None:
+        assert self._arrivals is not None
         try:
-            for batch in relay.batches():
-                arrivals.put((index, batch))
+            while (batch := relay.next_batch()) is not None:
+                self._arrivals.put((index, batch))
         finally:
-            arrivals.put((index, None))
+            self._arrivals.put((index, None))
 
-    pumps = [gevent.spawn(pump, index, relay) for index, relay in enumerate(relays)]
-    running = len(pumps)
-    try:
-        while running:
-            index, batch = arrivals.get()
-            if batch is None:
-                running -= 1
-            else:
-                yield index, batch
-    finally:
-        gevent.killall(pumps)  # out of their reads before the relays close
+    def close(self) -> None:
+        gevent.killall(self._pumps)

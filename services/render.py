@@ -12,6 +12,7 @@ import json
 import random
 import time
 from collections.abc import Callable, Generator, Iterable
+from itertools import chain
 from typing import Any, Protocol
 
 from services.errors import OpenAIError
@@ -173,7 +174,11 @@ class TextChunkEncoder(_ChunkEncoder):
 
 
 
-def sse_body(batches: Iterable[tuple[int, list[Item]]], encoders: list[ChoiceEncoder], include_usage: bool,
+# Waits for the next batch, as (choice index, items); None at the end.
+NextBatch = Callable[[], tuple[int, list[Item]] | None]
+
+
+def sse_body(next_batch: NextBatch, encoders: list[ChoiceEncoder], include_usage: bool,
              close: Callable[[], None], first: Iterable[tuple[int, list[Item]]] = ()) -> Generator[bytes, None, None]:
     """The SSE body: every choice's chunks as they come; once all choices ended, the usage
     chunk (only when asked: legacy code indexes choices[0] of every chunk) and [DONE]. An
@@ -213,9 +218,9 @@ def sse_body(batches: Iterable[tuple[int, list[Item]]], encoders: list[ChoiceEnc
         # Nothing already written stays referenced while the stream waits for Dify: with
         # hundreds of held streams, each one's last write would add up.
         del head, first
-        for index, items in batches:
-            piece, ended = render(index, items)
-            del items
+        while (batch := next_batch()) is not None:
+            piece, ended = render(*batch)
+            del batch
             if piece:
                 yield piece
             if ended:
@@ -283,11 +288,12 @@ def _call_object(call_id: str, name: str, arguments: str) -> dict[str, Any]:
     return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
 
 
-def collect(batches: Iterable[tuple[int, list[Item]]], collectors: list[ChoiceCollector],
+def collect(first: Iterable[tuple[int, list[Item]]], next_batch: NextBatch, collectors: list[ChoiceCollector],
             close: Callable[[], None]) -> dict[str, int]:
-    """Fold every batch into its choice's collector; returns the summed usage."""
+    """Fold `first`, then every batch still to come, into its choice's collector; returns the
+    summed usage."""
     try:
-        for index, items in batches:
+        for index, items in chain(first, iter(next_batch, None)):
             collector = collectors[index]
             for kind, value in items:
                 collector.add(kind, value)

@@ -94,9 +94,15 @@ def chunks_of(blocks):
     return [json.loads(block[len("data: "):]) for block in blocks if block.startswith("data: {")]
 
 
+def pulled(batches):
+    """`batches` handed out one per call, then None: what the relays' `next` does."""
+    remaining = iter(batches)
+    return lambda: next(remaining, None)
+
+
 def body(batches, encoders, include_usage=False):
     closed = []
-    wire = b"".join(sse_body(batches, encoders, include_usage, lambda: closed.append(True)))
+    wire = b"".join(sse_body(pulled(batches), encoders, include_usage, lambda: closed.append(True)))
     assert closed == [True]
     return sse_payloads(wire)
 
@@ -143,8 +149,8 @@ def test_text_completion_chunks_echo_and_finish():
 def test_collectors_assemble_text_usage_and_replacement():
     usage = {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
     collectors = [ChoiceCollector(), ChoiceCollector()]
-    total = collect([(0, [(TEXT, "Hel"), PING_ITEM]), (1, [(TEXT, "bad"), (REPLACE, "[removed]")]),
-                     (0, [(TEXT, "lo"), (END, ("stop", usage))]), (1, [(END, ("stop", usage))])], collectors,
+    total = collect([(0, [(TEXT, "Hel"), PING_ITEM])], pulled([(1, [(TEXT, "bad"), (REPLACE, "[removed]")]),
+                    (0, [(TEXT, "lo"), (END, ("stop", usage))]), (1, [(END, ("stop", usage))])]), collectors,
                     lambda: None)
     completion = chat_completion_body("chatcmpl-x", 5, "m", collectors, total)
     first, second = completion["choices"]
@@ -156,7 +162,7 @@ def test_collectors_assemble_text_usage_and_replacement():
 def test_collect_raises_errors_and_still_closes():
     closed = []
     with pytest.raises(OpenAIError):
-        collect([(0, [(ERROR, OpenAIError(502, "x"))])], [ChoiceCollector()], lambda: closed.append(True))
+        collect([], pulled([(0, [(ERROR, OpenAIError(502, "x"))])]), [ChoiceCollector()], lambda: closed.append(True))
     assert closed == [True]
 
 
@@ -180,12 +186,13 @@ def test_outputs_text_choice():
 
 def test_what_arrived_before_commit_goes_out_with_the_opening_in_one_write():
     encoder = ChatChunkEncoder("c", 1, "m")
-    writes = list(sse_body([(0, [(END, ("stop", None))])], [encoder], False, lambda: None,
+    writes = list(sse_body(pulled([(0, [(END, ("stop", None))])]), [encoder], False, lambda: None,
                            first=[(0, [(TEXT, "Hi")])]))
     assert len(writes) == 2
     assert b'"role":"assistant"' in writes[0] and b'"content":"Hi"' in writes[0]
     assert writes[1].endswith(b"data: [DONE]\n\n")
-    whole = list(sse_body([], [encoder], False, lambda: None, first=[(0, [(TEXT, "Hi"), (END, ("stop", None))])]))
+    whole = list(sse_body(pulled([]), [encoder], False, lambda: None,
+                          first=[(0, [(TEXT, "Hi"), (END, ("stop", None))])]))
     assert len(whole) == 1 and whole[0].endswith(b"data: [DONE]\n\n")
 
 
