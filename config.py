@@ -1,128 +1,270 @@
-"""OpenDify settings: read once from the environment (and `.env`), validated at start.
+"""OpenDify settings: one table, read once from the environment (and `.env`), validated at start.
 
-Every variable is listed in `.env.example` and in the README. A bad value raises
-`ConfigError` whose message is one line naming the variable, so gunicorn's worker exits with
-that line instead of a traceback.
+`SETTINGS` is the single source of truth, as gunicorn's own settings table is: each entry
+names its environment variable, the `Settings` attribute it fills, a small validator that
+turns the text into a value, its default and what it means. The gateway (`create_app`) and
+gunicorn (`gunicorn.conf.py`) both read their values through `load_settings`, so a value is
+parsed and checked in one place. `.env.example` and the README list every entry (a test
+keeps them in step).
+
+A bad value raises `ConfigError` whose message is one line naming the variable; the entry
+points print it and exit instead of showing a traceback.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 class ConfigError(ValueError):
     """A configuration value is missing or malformed; the message names the variable."""
 
 
+class _Default:
+    """What a validator returns for an empty value that means "use the default"."""
+
+
+DEFAULT: Any = _Default()
+
+
+# --- validators: the variable's text (stripped, possibly empty) -> its value --------------------
+# Each raises ValueError with the rule the text broke; load_settings adds the variable's name.
+
+
+def flag(text: str) -> bool:
+    value = text.lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be one of on/off, true/false, 1/0")
+
+
+def number(minimum: float, scale: float = 1.0) -> Callable[[str], Any]:
+    """A number of at least `minimum`, multiplied by `scale` (e.g. MB -> bytes)."""
+
+    def parse(text: str) -> Any:
+        if not text:
+            return DEFAULT
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError("must be a number") from None
+        if value < minimum:
+            raise ValueError(f"must be at least {minimum:g}")
+        return value * scale
+
+    return parse
+
+
+def megabytes(text: str) -> Any:
+    """A size in MB (at least 1 KB), as bytes."""
+    value = number(0.001)(text)
+    return value if value is DEFAULT else int(value * 1024 * 1024)
+
+
+def whole(minimum: int, maximum: int | None = None) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        if not text:
+            return DEFAULT
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError("must be a whole number") from None
+        if value < minimum:
+            raise ValueError(f"must be at least {minimum}")
+        if maximum is not None and value > maximum:
+            raise ValueError(f"must be at most {maximum}")
+        return value
+
+    return parse
+
+
+def choice(*allowed: str) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = text.lower()
+        if not value:
+            return DEFAULT
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
+def text_or_default(text: str) -> Any:
+    return text or DEFAULT
+
+
+def text_or_none(text: str) -> str | None:
+    return text or None
+
+
+def comma_list(text: str) -> Any:
+    items = tuple(item.strip() for item in text.split(",") if item.strip())
+    return items or DEFAULT
+
+
+def url(text: str) -> Any:
+    if not text:
+        return DEFAULT
+    if not text.startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https://")
+    return text.rstrip("/")
+
+
+def aliases(text: str) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for item in comma_list(text) if text else ():
+        alias, _, target = item.partition("=")
+        if not alias.strip() or not target.strip():
+            raise ValueError(f"items must look like alias=model (not {item!r})")
+        pairs.append((alias.strip(), target.strip()))
+    return tuple(pairs)
+
+
+def log_level(text: str) -> Any:
+    value = text.upper()
+    if not value:
+        return DEFAULT
+    if value not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return value
+
+
+# --- the table ---------------------------------------------------------------------------------
+
+REQUIRED: Any = object()  # the default of a setting that has none
+DERIVED: Any = object()  # the default is computed from other settings (see _derive)
+
+
+@dataclass(frozen=True)
+class Setting:
+    env: str  # the environment variable
+    field: str  # the Settings attribute it fills
+    parse: Callable[[str], Any]
+    default: Any
+    doc: str
+    example: str = ""  # what `.env.example` shows, when not the default
+
+
+SETTINGS: tuple[Setting, ...] = (
+    # Dify
+    Setting("DIFY_API_BASE", "dify_api_base", url, REQUIRED,
+            "Dify service API base, ending in /v1", "https://api.dify.ai/v1"),
+    Setting("DIFY_API_KEYS", "dify_api_keys", comma_list, REQUIRED,
+            "comma list of Dify app keys; each app is one model",
+            "app-xxxxxxxxxxxxxxxxxxxxxxxx,app-yyyyyyyyyyyyyyyyyyyyyyyy"),
+    Setting("TIMEOUT", "timeout", number(1), 30.0,
+            "seconds: Dify connect timeout and longest silence between stream bytes"),
+    Setting("APP_INFO_TTL", "app_info_ttl", number(1), 300.0,
+            "seconds an app's /info and /parameters are cached"),
+    # Clients
+    Setting("VALID_API_KEYS", "valid_api_keys", comma_list, (),
+            "comma list of keys clients must present (empty = open access)", "sk-change-me"),
+    Setting("ALLOW_OPEN_ACCESS", "allow_open_access", flag, False,
+            "allow empty VALID_API_KEYS on a non-loopback SERVER_HOST"),
+    Setting("CORS_ALLOW_ORIGINS", "cors_allow_origins", comma_list, ("*",),
+            "comma list of allowed browser origins, or *"),
+    # Conversations and answers
+    Setting("CONVERSATION_MEMORY_MODE", "conversation_memory_mode", whole(0, 2), 2,
+            "0 stateless, 1 history_message, 2 zero-width conversation ids"),
+    Setting("MODEL_ALIASES", "model_aliases", aliases, (),
+            "comma list of alias=model, e.g. gpt-4o-mini=my-app"),
+    Setting("DEFAULT_MODEL", "default_model", text_or_none, None,
+            "model that serves any unknown model name (empty: unknown names are 404)"),
+    Setting("THINK_TAGS", "think_tags", choice("reasoning", "content"), "reasoning",
+            "<think> text as reasoning_content (reasoning) or kept in the content (content)"),
+    Setting("AGENT_THOUGHTS", "agent_thoughts", choice("reasoning", "tool_calls", "hidden"), "reasoning",
+            "agent apps' tool steps: reasoning, tool_calls or hidden"),
+    Setting("WORKFLOW_PROGRESS", "workflow_progress", flag, False,
+            "show chatflow/workflow nodes as they run, as reasoning_content"),
+    # Streams
+    Setting("FIRST_EVENT_WAIT", "first_event_wait", number(0), 10.0,
+            "seconds a stream waits for Dify's first event before committing to HTTP 200"),
+    Setting("KEEPALIVE_INTERVAL", "keepalive_interval", number(0.05), 10.0,
+            "seconds of silence before a stream gets a `: ping` comment"),
+    Setting("SMOOTH_OUTPUT", "smooth_output", flag, True, "smooth-output pacer for streams (on/off)"),
+    Setting("SMOOTH_MAX_LAG_MS", "smooth_max_lag", number(0, scale=0.001), 0.05,
+            "the most the pacer may delay the end of a stream, a tool call or an error (ms)"),
+    Setting("STREAM_DEADLINE", "stream_deadline", number(1), 1200.0,
+            "seconds after which a stream ends with an error whatever Dify does"),
+    # Limits
+    Setting("MAX_CONCURRENT_REQUESTS", "max_concurrent_requests", whole(1), DERIVED,
+            "per worker: requests calling Dify at once (default 90% of WORKER_CONNECTIONS)"),
+    Setting("MAX_REQUEST_MB", "max_request_bytes", megabytes, 32 * 1024 * 1024,
+            "largest request body, in MB"),
+    Setting("MAX_MESSAGES", "max_messages", whole(1), 1000, "most messages a request may carry"),
+    Setting("MAX_PROMPT_CHARS", "max_prompt_chars", whole(1), 1_000_000,
+            "most characters of message (or prompt) text a request may carry"),
+    Setting("MAX_CHOICES", "max_choices", whole(1), 8, "upper bound for n (each choice is one Dify run)"),
+    Setting("MAX_UPLOAD_MB", "max_upload_bytes", megabytes, 10 * 1024 * 1024,
+            "largest file a message may carry, in MB"),
+    # Server (gunicorn.conf.py)
+    Setting("SERVER_HOST", "server_host", text_or_default, "127.0.0.1", "bind address"),
+    Setting("SERVER_PORT", "server_port", whole(0, 65535), 8000, "bind port"),
+    Setting("WORKERS", "workers", whole(1), 2, "gunicorn gevent workers"),
+    Setting("WORKER_CONNECTIONS", "worker_connections", whole(1), 1000,
+            "connections per worker; also the size of the Dify connection pool"),
+    Setting("GUNICORN_TIMEOUT", "gunicorn_timeout", whole(0), 60, "worker watchdog in seconds (not a stream limit)"),
+    Setting("GRACEFUL_TIMEOUT", "graceful_timeout", whole(0), 120,
+            "seconds in-flight streams get to finish on SIGTERM/SIGHUP"),
+    Setting("KEEPALIVE", "keepalive", whole(0), 5, "HTTP keep-alive seconds"),
+    Setting("ACCESS_LOG", "access_log", text_or_none, "-", "gunicorn access log (- stdout, empty for none)"),
+    Setting("LOG_LEVEL", "log_level", log_level, "INFO", "DEBUG, INFO, WARNING, ERROR or CRITICAL"),
+)
+
+
 @dataclass(frozen=True)
 class Settings:
+    """The values of SETTINGS, by field (see the table for each one's meaning)."""
+
     dify_api_base: str
     dify_api_keys: tuple[str, ...]
-    valid_api_keys: tuple[str, ...] = ()
-    allow_open_access: bool = False
-    conversation_memory_mode: int = 2
-    timeout: float = 30.0
-    server_host: str = "127.0.0.1"
-    server_port: int = 8000
-    smooth_output: bool = True
-    smooth_max_lag: float = 0.05
-    app_info_ttl: float = 300.0
-    first_event_wait: float = 10.0
-    keepalive_interval: float = 10.0
-    cors_allow_origins: tuple[str, ...] = ("*",)
-    pool_size: int = 1000
-    log_level: str = "INFO"
-    max_choices: int = 8
-    max_concurrent_requests: int = 900
-    max_request_bytes: int = 32 * 1024 * 1024
-    max_messages: int = 1000
-    max_prompt_chars: int = 1_000_000
-    stream_deadline: float = 1200.0
-    max_upload_bytes: int = 10 * 1024 * 1024
-    think_tags: str = "reasoning"
-    agent_thoughts: str = "reasoning"
-    workflow_progress: bool = False
-    model_aliases: tuple[tuple[str, str], ...] = ()
-    default_model: str | None = None
+    timeout: float
+    app_info_ttl: float
+    valid_api_keys: tuple[str, ...]
+    allow_open_access: bool
+    cors_allow_origins: tuple[str, ...]
+    conversation_memory_mode: int
+    model_aliases: tuple[tuple[str, str], ...]
+    default_model: str | None
+    think_tags: str
+    agent_thoughts: str
+    workflow_progress: bool
+    first_event_wait: float
+    keepalive_interval: float
+    smooth_output: bool
+    smooth_max_lag: float
+    stream_deadline: float
+    max_concurrent_requests: int
+    max_request_bytes: int
+    max_messages: int
+    max_prompt_chars: int
+    max_choices: int
+    max_upload_bytes: int
+    server_host: str
+    server_port: int
+    workers: int
+    worker_connections: int
+    gunicorn_timeout: int
+    graceful_timeout: int
+    keepalive: int
+    access_log: str | None
+    log_level: str
 
     @property
     def open_access(self) -> bool:
         return not self.valid_api_keys
 
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
-
-
-def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name)
-    if raw is None:
-        return default
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ConfigError(f"{name} must be one of on/off, true/false, 1/0 (got {raw!r})")
-
-
-def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number (got {raw!r})") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum:g} (got {raw!r})")
-    return value
-
-
-def _integer(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a whole number (got {raw!r})") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum} (got {raw!r})")
-    return value
-
-
-def _csv(env: Mapping[str, str], name: str) -> tuple[str, ...]:
-    return tuple(item.strip() for item in env.get(name, "").split(",") if item.strip())
-
-
-def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
-    value = env.get(name, "").strip().lower() or default
-    if value not in allowed:
-        raise ConfigError(f"{name} must be one of {', '.join(allowed)} (got {value!r})")
-    return value
-
-
-def _aliases(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
-    aliases = []
-    for item in _csv(env, "MODEL_ALIASES"):
-        alias, _, target = item.partition("=")
-        if not alias.strip() or not target.strip():
-            raise ConfigError(f"MODEL_ALIASES items must look like alias=model (got {item!r})")
-        aliases.append((alias.strip(), target.strip()))
-    return tuple(aliases)
-
-
-def _api_base(env: Mapping[str, str]) -> str:
-    raw = env.get("DIFY_API_BASE", "").strip()
-    if not raw:
-        raise ConfigError("DIFY_API_BASE is required, e.g. https://api.dify.ai/v1")
-    if not raw.startswith(("http://", "https://")):
-        raise ConfigError(f"DIFY_API_BASE must start with http:// or https:// (got {raw!r})")
-    return raw.rstrip("/")
+    @property
+    def pool_size(self) -> int:
+        """Connections kept to Dify: one per client connection a worker may hold."""
+        return self.worker_connections
 
 
 def is_loopback(host: str) -> bool:
@@ -147,57 +289,34 @@ def load_env_file() -> None:
     load_dotenv(env_file_path(), override=False)
 
 
+def _value(setting: Setting, env: Mapping[str, str]) -> Any:
+    raw = env.get(setting.env)
+    value = DEFAULT if raw is None else None
+    if raw is not None:
+        try:
+            value = setting.parse(raw.strip())
+        except ValueError as exc:
+            raise ConfigError(f"{setting.env} {exc} (got {raw!r})") from None
+    if value is DEFAULT and setting.default is REQUIRED:
+        raise ConfigError(f"{setting.env} is required: {setting.doc}, e.g. {setting.example}")
+    return setting.default if value is DEFAULT else value
+
+
+def _derive(values: dict[str, Any]) -> None:
+    """Defaults computed from other settings."""
+    if values["max_concurrent_requests"] is DERIVED:
+        # Below WORKER_CONNECTIONS, so that refusals and health checks still get through.
+        values["max_concurrent_requests"] = max(1, values["worker_connections"] * 9 // 10)
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build the Settings from `env` (default: `.env` merged under the process environment)."""
     if env is None:
         load_env_file()
         env = os.environ
-
-    dify_api_keys = _csv(env, "DIFY_API_KEYS")
-    if not dify_api_keys:
-        raise ConfigError("DIFY_API_KEYS is required: a comma list of Dify app keys (app-...)")
-
-    memory_mode = _integer(env, "CONVERSATION_MEMORY_MODE", 2, minimum=0)
-    if memory_mode > 2:
-        raise ConfigError(f"CONVERSATION_MEMORY_MODE must be 0, 1 or 2 (got {memory_mode})")
-
-    log_level = env.get("LOG_LEVEL", "INFO").strip().upper() or "INFO"
-    if log_level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
-        raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL (got {log_level!r})")
-
-    settings = Settings(
-        dify_api_base=_api_base(env),
-        dify_api_keys=dify_api_keys,
-        valid_api_keys=_csv(env, "VALID_API_KEYS"),
-        allow_open_access=_flag(env, "ALLOW_OPEN_ACCESS", False),
-        conversation_memory_mode=memory_mode,
-        timeout=_number(env, "TIMEOUT", 30.0, minimum=1),
-        server_host=env.get("SERVER_HOST", "127.0.0.1").strip() or "127.0.0.1",
-        server_port=_integer(env, "SERVER_PORT", 8000, minimum=0),
-        smooth_output=_flag(env, "SMOOTH_OUTPUT", True),
-        smooth_max_lag=_number(env, "SMOOTH_MAX_LAG_MS", 50, minimum=0) / 1000,
-        app_info_ttl=_number(env, "APP_INFO_TTL", 300.0, minimum=1),
-        first_event_wait=_number(env, "FIRST_EVENT_WAIT", 10.0, minimum=0),
-        keepalive_interval=_number(env, "KEEPALIVE_INTERVAL", 10.0, minimum=0.05),
-        cors_allow_origins=_csv(env, "CORS_ALLOW_ORIGINS") or ("*",),
-        pool_size=_integer(env, "WORKER_CONNECTIONS", 1000, minimum=1),
-        log_level=log_level,
-        max_choices=_integer(env, "MAX_CHOICES", 8, minimum=1),
-        # Below WORKER_CONNECTIONS, so that refusals and health checks still get through.
-        max_concurrent_requests=_integer(env, "MAX_CONCURRENT_REQUESTS",
-                                         max(1, _integer(env, "WORKER_CONNECTIONS", 1000, minimum=1) * 9 // 10),
-                                         minimum=1),
-        max_request_bytes=int(_number(env, "MAX_REQUEST_MB", 32, minimum=0.001) * 1024 * 1024),
-        max_messages=_integer(env, "MAX_MESSAGES", 1000, minimum=1),
-        max_prompt_chars=_integer(env, "MAX_PROMPT_CHARS", 1_000_000, minimum=1),
-        stream_deadline=_number(env, "STREAM_DEADLINE", 1200.0, minimum=1),
-        max_upload_bytes=int(_number(env, "MAX_UPLOAD_MB", 10, minimum=0.001) * 1024 * 1024),
-        think_tags=_choice(env, "THINK_TAGS", "reasoning", ("reasoning", "content")),
-        agent_thoughts=_choice(env, "AGENT_THOUGHTS", "reasoning", ("reasoning", "tool_calls", "hidden")),
-        workflow_progress=_flag(env, "WORKFLOW_PROGRESS", False),
-        model_aliases=_aliases(env),
-        default_model=env.get("DEFAULT_MODEL", "").strip() or None,
-    )
+    values = {setting.field: _value(setting, env) for setting in SETTINGS}
+    _derive(values)
+    settings = Settings(**values)
     if settings.open_access and not settings.allow_open_access and not is_loopback(settings.server_host):
         raise ConfigError(
             f"VALID_API_KEYS is empty while SERVER_HOST={settings.server_host} is not a loopback "

@@ -1,26 +1,27 @@
-"""gunicorn settings for OpenDify: plain assignments from the environment (and `.env`).
+"""gunicorn settings for OpenDify, taken from config.py's table (validated there, once).
 
 Imports nothing heavy: the gevent worker monkey-patches the process after this file is read.
+A bad value stops the master at once with one line naming the variable.
 """
 
-import os
+from config import ConfigError, load_settings
 
-from dotenv import load_dotenv
+try:
+    _settings = load_settings()
+except ConfigError as exc:
+    raise SystemExit(f"error: {exc}") from None
 
-_default_env_file = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".env")
-load_dotenv(os.environ.get("OPENDIFY_ENV_FILE") or _default_env_file, override=False)
-
-bind = f"{os.environ.get('SERVER_HOST', '127.0.0.1')}:{os.environ.get('SERVER_PORT', '8000')}"
-workers = int(os.environ.get("WORKERS", "2"))
+bind = f"{_settings.server_host}:{_settings.server_port}"
+workers = _settings.workers
 worker_class = "gevent"
 # Concurrent connections per worker (held streams count); also sizes the Dify connection pool.
-worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "1000"))
+worker_connections = _settings.worker_connections
 # A watchdog for a stuck worker, not a limit on stream length (gevent workers keep beating).
-timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
+timeout = _settings.gunicorn_timeout
 # On SIGTERM/SIGHUP in-flight streams get this long to finish.
-graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "120"))
-keepalive = int(os.environ.get("KEEPALIVE", "5"))
+graceful_timeout = _settings.graceful_timeout
+keepalive = _settings.keepalive
 preload_app = False
 control_socket_disable = True
-accesslog = os.environ.get("ACCESS_LOG", "-") or None
-loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+accesslog = _settings.access_log
+loglevel = _settings.log_level.lower()

@@ -4,11 +4,11 @@
 (`gunicorn -c gunicorn.conf.py openai_to_dify:app`); `python openai_to_dify.py` starts that
 same server, and with no Dify configured it first starts the bundled Dify emulator (demo).
 
-Heavy imports (flask, requests, the services) happen inside `create_app`, which gunicorn's
-gevent worker calls after it has monkey-patched the process: nothing here may import
-requests or ssl at module level.
+Heavy imports (flask, requests, the gateway's packages) happen inside `create_app`, which
+gunicorn's gevent worker calls after it has monkey-patched the process: nothing here may
+import requests or ssl at module level.
 
-The request path starts in `blueprints/chat.py`.
+The request path starts in `edge/chat.py`; docs/architecture.md follows it module by module.
 """
 
 from __future__ import annotations
@@ -32,16 +32,19 @@ DEMO_APP_KEYS = "app-demo-chat,app-demo-agent,app-demo-chatflow,app-demo-complet
 
 
 def create_app(settings: Settings | None = None) -> Flask:
+    """The wiring: one Dify client, app registry and Gateway per worker, the edge's hooks, and
+    the blueprints. A request's path: edge/chat.py -> engine/chat.py -> dify_io/relay.py ->
+    core/response/ (docs/architecture.md)."""
     import logging
 
     from flask import Flask
 
-    from blueprints import chat, completions, docs, edge, health, models
-    from memory_modes import memory_mode
-    from services.admission import Admission
-    from services.apps import AppRegistry
-    from services.dify_client import DifyClient
-    from services.gateway import Gateway
+    from dify_io.client import DifyClient
+    from dify_io.registry import AppRegistry
+    from edge import chat, completions, docs, health, hooks, models
+    from edge.admission import Admission
+    from edge.wiring import install_gateway
+    from engine.gateway import Gateway
 
     settings = settings or load_settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -53,10 +56,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     dify = DifyClient(settings.dify_api_base, settings.timeout, settings.pool_size)
     registry = AppRegistry(dify, settings.dify_api_keys, settings.app_info_ttl, settings.model_aliases,
                            settings.default_model)
-    mode = settings.conversation_memory_mode
-    app.extensions["opendify"] = Gateway(settings, dify, registry, memory_mode(mode),
-                                         memory_mode(mode, conversations=False))
-    edge.install(app, settings, Admission(settings.max_concurrent_requests))
+    install_gateway(app, Gateway(settings, dify, registry))
+    hooks.install(app, settings, Admission(settings.max_concurrent_requests))
     # The OpenAI surface answers with and without the /v1 prefix, and under /v1/v1 (what
     # NextChat calls when its base URL already ends in /v1).
     for prefix in ("/v1", "", "/v1/v1"):

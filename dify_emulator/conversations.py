@@ -1,4 +1,4 @@
-"""Conversation and message history endpoints (dify-api.md 10), chat-family apps only."""
+"""Conversation and message history endpoints (docs/dify.md 10), chat-family apps only."""
 
 from __future__ import annotations
 

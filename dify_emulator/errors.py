@@ -2,7 +2,7 @@
 
 Profiles: `modern` (>= 1.11), `restx` (1.8-1.10) and `legacy` (<= 1.7). They
 differ in the 404 route-suggestion suffix, the `WWW-Authenticate` header on 401
-and the shape of request-validation errors (see dify-api.md 3.1 and 3.2).
+and the shape of request-validation errors (see docs/dify.md 3.1 and 3.2).
 """
 
 from __future__ import annotations

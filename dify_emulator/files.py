@@ -1,4 +1,4 @@
-"""POST /v1/files/upload (dify-api.md 8)."""
+"""POST /v1/files/upload (docs/dify.md 8)."""
 
 from __future__ import annotations
 

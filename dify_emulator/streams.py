@@ -1,4 +1,4 @@
-"""Event sequences per app type (dify-api.md 4.4-4.7, 5, 6).
+"""Event sequences per app type (docs/dify.md 4.4-4.7, 5, 6).
 
 A plan knows *what* a stream of its app type contains: the events before the
 answer text (`opening`), one text event per delta (`text`), the normal end
@@ -158,7 +158,7 @@ class ChatPlan:
         return tts_events(self.enc) if self.ctx.scenario.tts else []
 
     def blocking_body(self, sent: list[str]) -> dict[str, Any]:
-        """Blocking response of chat, chatflow and completion apps (dify-api.md 4.2, 5)."""
+        """Blocking response of chat, chatflow and completion apps (docs/dify.md 4.2, 5)."""
         ctx = self.ctx
         body: dict[str, Any] = {"event": "message", "task_id": ctx.task_id, "id": ctx.message_id}
         body["message_id"] = ctx.message_id
@@ -534,7 +534,7 @@ class WorkflowPlan(_WorkflowEvents):
         return self.enc.error(code, status, message)
 
     def blocking_body(self, sent: list[str], status: str, error: str | None) -> dict[str, Any]:
-        """Blocking response of workflow apps (dify-api.md 6); failed runs are still HTTP 200."""
+        """Blocking response of workflow apps (docs/dify.md 6); failed runs are still HTTP 200."""
         ctx = self.ctx
         return {
             "task_id": ctx.task_id,

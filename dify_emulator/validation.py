@@ -46,7 +46,7 @@ _REQPARSE_TEXT = {
 
 
 def authenticate(apps: dict[str, App]) -> App:
-    """Bearer app-key auth with Dify's exact failure messages (dify-api.md 2.2)."""
+    """Bearer app-key auth with Dify's exact failure messages (docs/dify.md 2.2)."""
     header = request.headers.get("Authorization")
     if header is None or " " not in header:
         raise unauthorized("Authorization header must be provided and start with 'Bearer'")
@@ -192,7 +192,7 @@ def _short_repr(value: Any) -> str:
 
 
 def check_inputs(app: App, inputs: dict[str, Any]) -> None:
-    """Validate inputs against the app's form, with Dify's messages (dify-api.md 3.3)."""
+    """Validate inputs against the app's form, with Dify's messages (docs/dify.md 3.3)."""
     for kind, settings in app.form_variables():
         name = settings.get("variable", "")
         value = inputs.get(name)

@@ -9,8 +9,8 @@ import openai
 import pytest
 import requests
 
-from services.stages import StopSequences, json_answer
-from services.translate import TEXT
+from core.items import TEXT
+from core.response.stages import StopSequences, json_answer
 from tests.conftest import CLIENT_KEY
 from tests.scenarios import user_message
 from tests.test_http_surface import read_sse

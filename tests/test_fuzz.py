@@ -3,7 +3,7 @@
 Whatever a client sends, the gateway must answer (in bounded time) with one of:
 - a 2xx (a JSON body, or a stream that ends with `data: [DONE]`), or
 - a 4xx whose body is exactly OpenAI's envelope `{"error": {"message", "type", "param",
-  "code"}}` with `Content-Type: application/json` (clients.md rule 5, section 4).
+  "code"}}` with `Content-Type: application/json` (docs/clients.md rule 5, section 4).
 Never a 5xx (nothing here asks the emulator to fail: no `@emulator` directive is ever
 generated), never a redirect, never an HTML page, never a stack trace, never a Dify app key.
 

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.http_body import MAX_LINE_BYTES, ChunkedBody, LengthBody, MalformedBody, UntilClose
+from core.response.http_body import MAX_LINE_BYTES, ChunkedBody, LengthBody, MalformedBody, UntilClose
 
 
 def chunked(pieces: list[bytes], trailer: bytes = b"") -> bytes:

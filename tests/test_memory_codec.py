@@ -11,12 +11,12 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from memory_modes import memory_mode
-from memory_modes.base import DifyTurn, continuation_query, fold_history, stateless_query
-from memory_modes.history import HistoryMode
-from memory_modes.stateless import StatelessMode
-from memory_modes.zero_width import ZeroWidthMode, decode_id, encode_id, find_conversation
-from services.errors import OpenAIError
+from core.errors import OpenAIError
+from core.request.memory_modes import memory_mode
+from core.request.memory_modes.base import DifyTurn, continuation_query, fold_history, stateless_query
+from core.request.memory_modes.history import HistoryMode
+from core.request.memory_modes.stateless import StatelessMode
+from core.request.memory_modes.zero_width import ZeroWidthMode, decode_id, encode_id, find_conversation
 
 # --- An independent reference encoder, written from the spec of the original scheme -------
 # "base64 of the id; each base64 character's 6-bit value v becomes two octal digits

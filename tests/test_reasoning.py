@@ -4,16 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services import translate
-from services.reasoning import (
-    AGENT_TOOL_CALL,
-    AGENT_TOOL_RESULT,
-    REASONING,
-    TEXT,
-    THINK_TAG,
-    AgentThoughts,
-    ThinkSplitter,
-)
+from core.items import AGENT_TOOL_CALL, AGENT_TOOL_RESULT, REASONING, TEXT, THINK_TAG
+from core.response.reasoning import AgentThoughts, ThinkSplitter
 
 DIFY_DETAILS = ('<details style="color:gray;background-color: #f8f8f8;padding: 8px;border-radius: 4px;" open> '
                 "<summary> Thinking... </summary>")
@@ -37,10 +29,6 @@ def merged(items):
         else:
             out.append((kind, text))
     return out
-
-
-def test_text_kind_matches_translate():
-    assert TEXT == translate.TEXT
 
 
 # --- ThinkSplitter: whole answers -------------------------------------------------------------------
@@ -204,7 +192,7 @@ def thought(thought_id, position, **fields):
 TIME_INPUT = '{"current_time": {}}'
 TIME_OUTPUT = '{"current_time": "2025-01-01 10:00:00"}'
 
-ONE_TOOL = [  # dify-api.md 4.6, function-calling agent
+ONE_TOOL = [  # docs/dify.md 4.6, function-calling agent
     thought("T1", 1),
     thought("T1", 1, thought="Let me check the clock.", tool="current_time", tool_input=TIME_INPUT),
     thought("T1", 1, thought="Let me check the clock.", tool="current_time", tool_input=TIME_INPUT,

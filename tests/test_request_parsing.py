@@ -2,11 +2,11 @@
 
 import pytest
 
-from memory_modes.stateless import StatelessMode
-from services.auth import dify_user_for, key_is_valid, presented_key
-from services.content import content_text
-from services.errors import OpenAIError, from_dify_error
-from services.openai_request import parse_chat_request
+from core.errors import OpenAIError, from_dify_error
+from core.request.chat_request import parse_chat_request
+from core.request.content import content_text
+from core.request.memory_modes.stateless import StatelessMode
+from edge.auth import dify_user_for, key_is_valid, presented_key
 
 
 def parse_error(body) -> OpenAIError:

@@ -10,11 +10,10 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.smooth import MAX_GAP, SmoothPacer
+from core.items import ZERO_WIDTH_DIGITS as ZERO_WIDTH
+from core.items import Item
+from core.response.smooth import MAX_GAP, PACED, SmoothPacer
 
-Item = tuple[str, Any]
-ZERO_WIDTH = "\u200b\u200c\u200d\ufeff\u2060\u180e\u2061\u2062"
-PACED = ("text", "reasoning")
 EPS = 1e-9
 
 
@@ -247,7 +246,7 @@ ALPHABET = "ab c\nxyz漢字é" + "\u0301\u0308" + ZERO_WIDTH + "\U0001f600\U0001
 OTHER_KINDS = ("ping", "tool_call", "error", "replace", "agent_tool_call")
 
 item_strategy = st.one_of(
-    st.tuples(st.sampled_from(PACED), st.text(alphabet=ALPHABET, max_size=120)),
+    st.tuples(st.sampled_from(sorted(PACED)), st.text(alphabet=ALPHABET, max_size=120)),
     st.tuples(st.sampled_from(OTHER_KINDS), st.integers()),
 )
 schedule_strategy = st.lists(

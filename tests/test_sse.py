@@ -2,7 +2,7 @@
 
 import pytest
 
-from services.sse import PING, MalformedStream, SSEDecoder
+from core.response.sse import PING, MalformedStream, SSEDecoder
 
 
 def test_events_split_across_reads_are_joined():
@@ -31,6 +31,6 @@ def test_last_line_without_newline_is_decoded_at_close():
 
 
 def test_an_endless_line_is_refused(monkeypatch):
-    monkeypatch.setattr("services.sse.MAX_EVENT_BYTES", 100)
+    monkeypatch.setattr("core.response.sse.MAX_EVENT_BYTES", 100)
     with pytest.raises(MalformedStream):
         SSEDecoder().feed(b"data: " + b"x" * 200)

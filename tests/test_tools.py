@@ -7,10 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.errors import OpenAIError
-from services.tolerant_json import coerce
-from services.tool_parser import TOOL_CALL, ToolCall, ToolCallParser
-from services.tools import (
+from core.errors import OpenAIError
+from core.items import TEXT, TOOL_CALL
+from core.request.tools import (
     ToolRequest,
     ToolSpec,
     call_names,
@@ -19,7 +18,8 @@ from services.tools import (
     render_tool_result_turn,
     tool_instructions,
 )
-from services.translate import TEXT
+from core.response.tool_parser import ToolCall, ToolCallParser
+from core.tolerant_json import coerce
 
 WEATHER_SCHEMA = {
     "type": "object",

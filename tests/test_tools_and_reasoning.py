@@ -25,7 +25,7 @@ from langchain_core.messages import HumanMessage, ToolMessage
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
 
-from memory_modes.zero_width import decode_id
+from core.request.memory_modes.zero_width import decode_id
 from tests.conftest import CLIENT_KEY
 from tests.scenarios import chat_requests, directive, user_message
 
@@ -137,7 +137,7 @@ def sse_events(gateway, body: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 class Replay:
-    """A streamed choice replayed delta by delta, enforcing clients.md 2.2 and rule 7."""
+    """A streamed choice replayed delta by delta, enforcing docs/clients.md 2.2 and rule 7."""
 
     def __init__(self, events: list[dict[str, Any]]) -> None:
         self.content: list[str] = []
@@ -341,7 +341,7 @@ def test_parallel_tool_calls_false_returns_at_most_one_call(client, recorded):
     assert [call.function.name for call in completion.choices[0].message.tool_calls] == ["get_weather"]
 
 
-# --- 2. streaming tool calls, raw SSE (clients.md rule 7) -----------------------------------------
+# --- 2. streaming tool calls, raw SSE (docs/clients.md rule 7) -----------------------------------------
 
 SPLIT_CALL = ["Let me ", "check.\n<to", "ol_call>\n{\"na", "me\": \"get_wea", "ther\", \"argu", "ments\": {\"ci",
               "ty\": \"Paris\", \"days\": \"3", "\"}}\n</tool", "_call>"]

@@ -5,17 +5,18 @@ import re
 
 import pytest
 
-from services.errors import OpenAIError
-from services.render import (
+from core.errors import OpenAIError
+from core.items import END, ERROR, PING_ITEM, REPLACE, TEXT
+from core.response.render import (
     ChatChunkEncoder,
     ChoiceCollector,
     TextChunkEncoder,
     chat_completion_body,
     collect,
-    new_id,
     sse_body,
 )
-from services.translate import END, ERROR, PING_ITEM, REPLACE, TEXT, DifyEventTranslator, outputs_text
+from core.response.translate import DifyEventTranslator, outputs_text
+from edge.ids import new_id
 
 USAGE = {"prompt_tokens": 3, "prompt_price": "0.0001", "completion_tokens": 2, "total_tokens": 5,
          "total_price": "0.0002", "currency": "USD", "latency": 0.5}

@@ -1,0 +1,20 @@
+"""Conversation memory modes (CONVERSATION_MEMORY_MODE), one module per mode."""
+
+from __future__ import annotations
+
+from core.request.memory_modes.base import DifyTurn, MemoryMode
+from core.request.memory_modes.history import HistoryMode
+from core.request.memory_modes.stateless import StatelessMode
+from core.request.memory_modes.zero_width import ZeroWidthMode
+
+__all__ = ["DifyTurn", "MemoryMode", "memory_mode"]
+
+_MODES = {mode.number: mode for mode in (StatelessMode, HistoryMode, ZeroWidthMode)}
+
+
+def memory_mode(number: int, *, conversations: bool = True) -> MemoryMode:
+    """The mode for CONVERSATION_MEMORY_MODE. Apps without conversations (completion,
+    workflow) cannot continue a Dify conversation, so they get mode 1 in place of mode 2."""
+    if number == ZeroWidthMode.number and not conversations:
+        number = HistoryMode.number
+    return _MODES[number]()

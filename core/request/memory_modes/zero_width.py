@@ -1,0 +1,137 @@
+"""Mode 2 (zero-width): the Dify conversation id travels invisibly inside the chat history.
+
+The id of a new Dify conversation is appended once, at the end of the first assistant
+reply, as zero-width characters. Clients send the whole history back on every request, so
+the id is found again in the newest assistant message that carries one; Dify then continues
+that conversation and gets only the turns after that message.
+
+The encoding is bit-compatible with the original OpenDify: base64 of the id; each base64
+character's 6-bit value v becomes the octal digits (v >> 3) & 7 and v & 7 (the padding `=`,
+value 64, contributes only its first digit, 0); digit d is written as DIGITS[d].
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from core.items import ZERO_WIDTH_DIGITS
+from core.request.content import content_text
+from core.request.memory_modes.base import (
+    DifyTurn,
+    Messages,
+    after_newest_assistant,
+    continuation_query,
+    fold_history,
+    is_conversation_id,
+    last_user_index,
+    stateless_query,
+)
+
+DIGITS = ZERO_WIDTH_DIGITS
+_DIGIT_VALUE = {char: value for value, char in enumerate(DIGITS)}
+_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_B64_VALUE = {char: value for value, char in enumerate(_ALPHABET)}
+# Digits in an encoding, modulo 8, by the number of `=` pads: 4k characters of which p are
+# padding give 2 * (4k - p) + p digits.
+_PADDING_BY_LENGTH = {0: 0, 7: 1, 6: 2}
+
+
+def encode_id(conversation_id: str) -> str:
+    digits = []
+    for char in base64.b64encode(conversation_id.encode()).decode():
+        if char == "=":
+            digits.append(DIGITS[0])
+        else:
+            value = _B64_VALUE[char]
+            digits.append(DIGITS[(value >> 3) & 7])
+            digits.append(DIGITS[value & 7])
+    return "".join(digits)
+
+
+def _decode_digits(digits: str) -> str | None:
+    padding = _PADDING_BY_LENGTH.get(len(digits) % 8)
+    if padding is None:
+        return None
+    paired = len(digits) - padding
+    chars = [_ALPHABET[_DIGIT_VALUE[digits[i]] * 8 + _DIGIT_VALUE[digits[i + 1]]] for i in range(0, paired, 2)]
+    try:
+        decoded = base64.b64decode("".join(chars) + "=" * padding, validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return decoded if decoded.isprintable() and decoded else None
+
+
+def _trailing_id(text: str) -> tuple[str, int] | None:
+    """(id, index in `text` where its encoding starts) for the trailing run of zero-width
+    digits of `text` (trailing white space allowed), or None. A run may start with
+    zero-width characters that belong to the text itself, so shorter suffixes of the run are
+    tried too."""
+    text = text.rstrip()
+    start = len(text)
+    while start > 0 and text[start - 1] in _DIGIT_VALUE:
+        start -= 1
+    run = text[start:]
+    candidates = [(decoded, start + offset) for offset in range(len(run) - 5)
+                  if (decoded := _decode_digits(run[offset:]))]
+    # Dify's ids are UUIDs: prefer a reading that is one.
+    return next((candidate for candidate in candidates if is_conversation_id(candidate[0])), None) or (
+        candidates[0] if candidates else None)
+
+
+def decode_id(text: str) -> str | None:
+    """The id encoded at the end of `text`, or None (see `_trailing_id`)."""
+    found = _trailing_id(text)
+    return found[0] if found else None
+
+
+def without_ids(messages: Messages) -> Messages:
+    """The messages with the encoded ids cut off the assistant turns: they are the gateway's
+    bookkeeping, not words of the conversation, and must not reach the model when the
+    history is folded into a query."""
+    cleaned = []
+    for message in messages:
+        text = content_text(message.get("content")) if message["role"] == "assistant" else ""
+        found = _trailing_id(text)
+        cleaned.append({**message, "content": text[:found[1]]} if found else message)
+    return cleaned
+
+
+def find_conversation(messages: Messages) -> tuple[str, int] | None:
+    """(conversation id, index of the assistant message carrying it), newest first.
+
+    Only the first reply of a conversation carries the id, so the newest assistant
+    message that has one is usually not the newest assistant message. Dify's conversation
+    ids are UUIDs and Dify refuses anything else with a 400, which would fail every later
+    turn of the chat (no 404, so no starting over): other readings are not ids.
+    """
+    for index in range(len(messages) - 1, -1, -1):
+        message = messages[index]
+        if message["role"] == "assistant":
+            conversation_id = decode_id(content_text(message.get("content")))
+            if conversation_id and is_conversation_id(conversation_id):
+                return conversation_id, index
+    return None
+
+
+class ZeroWidthMode:
+    number = 2
+
+    def prepare(self, messages: Messages) -> DifyTurn:
+        found = find_conversation(messages)
+        if found is not None:
+            # Dify holds every turn up to the newest assistant reply: send what came after.
+            return DifyTurn(query=continuation_query(messages), conversation_id=found[0],
+                            files_from=after_newest_assistant(messages))
+        if any(message["role"] == "assistant" for message in messages):
+            return self.recover(messages)  # a history without an id (started elsewhere)
+        return DifyTurn(query=stateless_query(messages), files_from=last_user_index(messages))
+
+    def recover(self, messages: Messages) -> DifyTurn:
+        """A new Dify conversation that starts with the whole history folded in."""
+        return DifyTurn(query=fold_history(without_ids(messages)))
+
+    def reply_suffix(self, conversation_id: str | None, continued: str | None) -> str:
+        if conversation_id and continued is None:
+            return encode_id(conversation_id)
+        return ""

@@ -1,0 +1,151 @@
+"""Dify events -> output items (core/items.py), the one representation every rendering starts from.
+
+`DifyEventTranslator` turns each Dify event of one stream into items (text, a replacement,
+a keep-alive, the end, an error); core/response/render.py turns items into OpenAI SSE chunks
+for streams or folds them into one body for non-streaming requests: one code path, two
+renderings.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from core.errors import from_dify_error, server_error
+from core.items import END, ERROR, PING_ITEM, REASONING, REPLACE, TEXT, USAGE_KEYS, Item
+from core.response.reasoning import AgentThoughts
+
+
+def usage_from_dify(usage: Any) -> dict[str, int] | None:
+    """OpenAI usage from Dify's `metadata.usage` (ints; Dify's prices are ignored)."""
+    if not isinstance(usage, dict):
+        return None
+    counts = {key: int(usage.get(key) or 0) for key in USAGE_KEYS}
+    if not counts["total_tokens"]:
+        counts["total_tokens"] = counts["prompt_tokens"] + counts["completion_tokens"]
+    return counts
+
+
+def outputs_text(outputs: Any) -> str:
+    """A workflow's answer from its End-node outputs: `answer`, `text` or `output`, else the
+    only string output, else all outputs as JSON."""
+    if not isinstance(outputs, dict) or not outputs:
+        return ""
+    for name in ("answer", "text", "output"):
+        if isinstance(outputs.get(name), str):
+            return outputs[name]
+    strings = [value for value in outputs.values() if isinstance(value, str)]
+    if len(strings) == 1:
+        return strings[0]
+    return json.dumps(outputs, ensure_ascii=False)
+
+
+class DifyEventTranslator:
+    """State of one Dify stream, for every app mode."""
+
+    def __init__(self, app_mode: str, thoughts: AgentThoughts | None = None, file_origin: str = "",
+                 node_progress: bool = False) -> None:
+        """`thoughts` renders agent apps' tool steps (None: they are not shown); relative
+        file URLs are made absolute with `file_origin`; `node_progress` shows each chatflow
+        or workflow node as it starts, as reasoning."""
+        self.app_mode = app_mode
+        self._thoughts = thoughts
+        self._file_origin = file_origin
+        self._node_progress = node_progress
+        self.task_id: str | None = None
+        self.conversation_id: str | None = None
+        self.usage: dict[str, int] | None = None
+        self.finished = False
+        self._agent_text_seen = False
+        self._text_seen = False
+        self._workflow_succeeded = False
+
+    def feed(self, event: dict[str, Any]) -> list[Item]:
+        name = event.get("event")
+        if self.task_id is None and event.get("task_id"):
+            self.task_id = event["task_id"]
+            self.conversation_id = event.get("conversation_id") or None
+        if name == "message_replace":
+            return [(REPLACE, str(event.get("answer") or ""))]
+        answer = event.get("answer")
+        if answer is not None:
+            return self._text(name, answer)
+        if name == "ping":
+            return [PING_ITEM]
+        if name == "agent_thought":
+            return self._thoughts.feed(event) if self._thoughts else []
+        if name == "message_file":
+            return self._message_file(event)
+        if name == "node_started" and self._node_progress:
+            node = event.get("data") or {}
+            return [(REASONING, f"Running {node.get('title') or 'node'} ({node.get('node_type') or '?'})\n")]
+        if name == "text_chunk":  # workflow apps stream End-node text this way
+            return self._text(name, (event.get("data") or {}).get("text"))
+        if name == "text_replace":
+            return [(REPLACE, str((event.get("data") or {}).get("text") or ""))]
+        if name == "message_end":
+            self.usage = usage_from_dify((event.get("metadata") or {}).get("usage"))
+            return self._end("stop")
+        if name == "error":
+            self.finished = True
+            return [(ERROR, from_dify_error(400, event))]
+        if name == "workflow_finished":
+            return self._workflow_finished(event.get("data") or {})
+        return []
+
+    def _text(self, name: str | None, answer: Any) -> list[Item]:
+        # Any event with an `answer` is text, whatever its name: Dify 1.11.2-1.12 relabels
+        # message chunks as `message_file` (docs/dify.md 4.5).
+        if name == "agent_message":
+            self._agent_text_seen = True
+        elif name == "message" and self.app_mode == "agent" and self._agent_text_seen:
+            return []  # New Agent repeats the whole answer in one closing `message`.
+        if not answer or not isinstance(answer, str):
+            return []
+        self._text_seen = True
+        return [(TEXT, answer)]
+
+    def _message_file(self, event: dict[str, Any]) -> list[Item]:
+        """A file made by a tool or the model, shown in the answer as Markdown."""
+        url = event.get("url")
+        if not isinstance(url, str) or not url or event.get("belongs_to", "assistant") != "assistant":
+            return []
+        if url.startswith("/"):
+            url = self._file_origin + url
+        self._text_seen = True
+        link = f"![image]({url})" if event.get("type") == "image" else f"[file]({url})"
+        return [(TEXT, f"\n\n{link}\n\n")]
+
+    def _workflow_finished(self, data: dict[str, Any]) -> list[Item]:
+        # Chatflow: >= 1.13.1 sends message_end before workflow_finished, <= 1.12 after it.
+        status = data.get("status")
+        if status == "failed":
+            self.finished = True
+            reason = data.get("error") or "no reason given"
+            return [(ERROR, server_error(f"Dify workflow failed: {reason}", 502, "workflow_failed"))]
+        if status == "stopped":
+            return self._end("stop")
+        if self.app_mode != "workflow":
+            self._workflow_succeeded = True  # chatflow: message_end carries the usage
+            return []
+        total = int(data.get("total_tokens") or 0)
+        self.usage = {"prompt_tokens": 0, "completion_tokens": total, "total_tokens": total}
+        # Text the End node streamed is the answer; otherwise it is in the outputs.
+        answer = "" if self._text_seen else outputs_text(data.get("outputs"))
+        return ([(TEXT, answer)] if answer else []) + self._end("stop")
+
+    def _end(self, finish_reason: str) -> list[Item]:
+        if self.finished:
+            return []
+        self.finished = True
+        return [(END, (finish_reason, self.usage))]
+
+    def feed_eof(self) -> list[Item]:
+        """The body ended: fine after a terminal event, an error item otherwise."""
+        if self.finished:
+            return []
+        if self._workflow_succeeded:  # Dify 1.13.0 cut chatflow streams at workflow_finished.
+            return self._end("stop")
+        self.finished = True
+        return [(ERROR, server_error("Dify closed the stream before the answer was complete", 502,
+                                     "upstream_incomplete"))]

@@ -1,0 +1,22 @@
+"""The shared tail of every answering route: an engine Answer rendered as one JSON body, or
+as an SSE stream whose end (or the client leaving) closes the answer's Dify runs."""
+
+from __future__ import annotations
+
+from flask import Response, jsonify
+
+from core.response.render import ResponseShape, collect, sse_body
+from edge.event_stream import event_stream
+from engine.answer import Answer
+
+
+def respond(answer: Answer, shape: ResponseShape, stream: bool, include_usage: bool = False,
+            headers: dict[str, str] | None = None) -> Response:
+    if not stream:
+        collectors = shape.collectors()
+        usage = collect(answer.take_first(), answer.next, collectors, answer.close)
+        response = jsonify(shape.body(collectors, usage))
+        response.headers.update(headers or {})
+        return response
+    return event_stream(sse_body(answer.next, shape.encoders(), include_usage, answer.close, answer.take_first()),
+                        headers)

@@ -1,0 +1,24 @@
+"""The wiring: the worker's one `Gateway` on the Flask app, and the `Caller` of a request."""
+
+from __future__ import annotations
+
+from flask import Flask, current_app, g, request
+
+from edge.auth import dify_user_for
+from engine.gateway import Caller, Gateway
+
+_EXTENSION = "opendify"
+
+
+def install_gateway(app: Flask, gateway: Gateway) -> None:
+    app.extensions[_EXTENSION] = gateway
+
+
+def current_gateway() -> Gateway:
+    return current_app.extensions[_EXTENSION]
+
+
+def current_caller(openai_user: str | None, conversation_id: str | None = None) -> Caller:
+    """The caller of the request being served: its Dify user, the conversation it names, and
+    its socket (gunicorn's workers put it in the WSGI environ)."""
+    return Caller(dify_user_for(openai_user, g.client_key), conversation_id, request.environ.get("gunicorn.socket"))

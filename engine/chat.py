@@ -1,0 +1,111 @@
+"""A chat request -> its Dify runs: one per choice.
+
+The memory mode turns the messages into the Dify turn (query and conversation id); the turn's
+files are uploaded once for all choices; tool instructions and the JSON rule are appended to
+the query, and the answer's text stages (think tags, tool calls, JSON, stop sequences), the
+translator, the pipeline with mode 2's reply suffix, and the pacer are set up per run.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from core.apps import DifyApp
+from core.errors import OpenAIError, invalid_request
+from core.items import ERROR, Item
+from core.request.chat_request import ChatRequest
+from core.request.dify_call import dify_payload
+from core.request.files import dify_files
+from core.request.memory_modes import DifyTurn, MemoryMode
+from core.request.memory_modes.base import after_newest_assistant, continuation_query, is_conversation_id
+from core.request.tools import tool_instructions
+from core.response.pipeline import OutputPipeline, TextStage
+from core.response.reasoning import ThinkSplitter
+from core.response.stages import JsonAnswer, StopSequences, json_instructions
+from core.response.tool_parser import ToolCallParser
+from dify_io.relay import Relay, prefetch_all, raise_first_refusal
+from engine.answer import Answer
+
+if TYPE_CHECKING:
+    from engine.gateway import Caller, Gateway
+
+
+def start_chat(gateway: Gateway, chat: ChatRequest, caller: Caller) -> Answer:
+    """Start one Dify run per choice and wait (at most FIRST_EVENT_WAIT) for each one's first
+    event or refusal, so a failure before the first token is a real HTTP status."""
+    call = ChatCall(gateway, chat, caller)
+    turn, recoverable = call.first_turn()
+    relays = call.relays(turn)
+    prefetched = prefetch_all(relays, gateway.settings.first_event_wait)
+    if turn.conversation_id and _refused(prefetched[0], 404):
+        relays[0].close()
+        if not recoverable:
+            raise conversation_not_found(turn.conversation_id)
+        # The conversation is gone (another app or user, deleted): start over with the history.
+        turn = call.memory.recover(chat.messages)
+        relays = call.relays(turn)
+        prefetched = prefetch_all(relays, gateway.settings.first_event_wait)
+    raise_first_refusal(relays, prefetched)
+    return Answer(relays, prefetched, relays[0].translator.conversation_id or turn.conversation_id)
+
+
+class ChatCall:
+    """One chat request on its way to Dify: what every step of planning its runs shares."""
+
+    def __init__(self, gateway: Gateway, chat: ChatRequest, caller: Caller) -> None:
+        self.gateway = gateway
+        self.chat = chat
+        self.caller = caller
+        self.app: DifyApp = gateway.registry.resolve(chat.model)
+        self.memory: MemoryMode = gateway.memory if self.app.has_conversations else gateway.memory_without_conversations
+
+    def first_turn(self) -> tuple[DifyTurn, bool]:
+        """The Dify turn to send, and whether a vanished conversation may be replaced."""
+        chat, explicit_id = self.chat, self.caller.conversation_id if self.app.has_conversations else None
+        if explicit_id:
+            if not is_conversation_id(explicit_id):
+                raise conversation_not_found(explicit_id)
+            if chat.n > 1:
+                raise invalid_request("n > 1 cannot continue one Dify conversation; each choice is a new one.",
+                                      param="n", code="invalid_value")
+            return DifyTurn(query=continuation_query(chat.messages), conversation_id=explicit_id,
+                            files_from=after_newest_assistant(chat.messages)), False
+        turn = self.memory.prepare(chat.messages)
+        if chat.n > 1 and turn.conversation_id:
+            turn = self.memory.recover(chat.messages)  # n parallel runs cannot share one conversation
+        return turn, True
+
+    def relays(self, turn: DifyTurn) -> list[Relay]:
+        """One started run per choice; the turn's files are uploaded once for all of them."""
+        upload = partial(self.gateway.dify.upload, self.app.key, self.caller.dify_user)
+        files = dify_files(self.chat.messages, turn.files_from, upload, self.gateway.settings.max_upload_bytes)
+        return [self._relay(turn, files) for _ in range(self.chat.n)]
+
+    def _relay(self, turn: DifyTurn, files: list[dict[str, Any]]) -> Relay:
+        chat, gateway = self.chat, self.gateway
+        instructions = [turn.query]
+        stages: list[TextStage] = [ThinkSplitter(keep_tags=gateway.settings.think_tags == "content")]
+        if chat.tools:
+            instructions.append(tool_instructions(chat.tools))
+            stages.append(ToolCallParser(chat.tools))
+        if chat.response_format:
+            instructions.append(json_instructions(chat.response_format))
+            stages.append(JsonAnswer())
+        if chat.stop:
+            stages.append(StopSequences(list(chat.stop)))
+        payload = dify_payload(self.app, text="\n\n".join(instructions), conversation_id=turn.conversation_id,
+                               user=self.caller.dify_user, inputs=chat.inputs, files=files)
+        translator = gateway.translator(self.app, with_reasoning=True)
+        memory, continued = self.memory, turn.conversation_id  # (not `turn`: a held stream must not keep the prompt)
+        pipeline = OutputPipeline(stages, suffix=lambda: memory.reply_suffix(translator.conversation_id, continued))
+        return gateway.relay(self.app, self.caller, payload, translator, pipeline, gateway.pacer(chat.stream))
+
+
+def conversation_not_found(conversation_id: str) -> OpenAIError:
+    return OpenAIError(404, f"Dify has no conversation `{conversation_id}` for this app and user.",
+                       param="conversation_id", code="conversation_not_found")
+
+
+def _refused(items: list[Item], status: int) -> bool:
+    return bool(items) and items[0][0] == ERROR and items[0][1].status == status
