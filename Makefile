@@ -1,19 +1,24 @@
 # The two commands of the README: `make run` and `make test`. Each installs what it needs
-# into a local virtualenv (.venv) first, so they work on a fresh machine.
+# into a local virtualenv (.venv) first, so they work on a fresh machine. They install the
+# pinned versions of the *.lock files; `make lock` resolves those again from the ranges in
+# requirements*.txt (and the legacy SDK's environment for the tests).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench bench-faults lint emulator
+PIP := --quiet --disable-pip-version-check
+LOCK_VENV := .lock-venv
 
-$(BIN)/.runtime: requirements.txt
+.PHONY: run test bench bench-faults lint emulator lock
+
+$(BIN)/.runtime: requirements.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/pip install $(PIP) -r requirements.lock
 	touch $@
 
-$(BIN)/.dev: requirements.txt requirements-dev.txt
+$(BIN)/.dev: requirements.lock requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(BIN)/pip install $(PIP) -r requirements-dev.lock
 	touch $(BIN)/.runtime $@
 
 ## Start the gateway (with the bundled Dify emulator when no Dify is configured).
@@ -38,3 +43,18 @@ emulator: $(BIN)/.runtime
 
 lint: $(BIN)/.dev
 	$(BIN)/ruff check .
+
+## Resolve the pinned versions again (requirements.lock, requirements-dev.lock, tests/legacy-openai.lock).
+lock:
+	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install $(PIP) -r requirements.txt
+	{ echo "# Pinned runtime packages, resolved from requirements.txt by \`make lock\`: \`make run\` installs these."; \
+	  $(LOCK_VENV)/bin/pip freeze; } > requirements.lock
+	$(LOCK_VENV)/bin/pip install $(PIP) -r requirements-dev.txt
+	{ echo "# Pinned test and benchmark tools (and the runtime), resolved from requirements-dev.txt by \`make lock\`:"; \
+	  echo "# \`make test\` installs these, so a CI run is reproducible."; $(LOCK_VENV)/bin/pip freeze; } > requirements-dev.lock
+	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install $(PIP) "openai==0.28.1"
+	{ echo "# The legacy openai 0.28 SDK's environment (tests/conftest.py makes it in .venv-legacy), pinned by \`make lock\`."; \
+	  $(LOCK_VENV)/bin/pip freeze; } > tests/legacy-openai.lock
+	rm -rf $(LOCK_VENV)

@@ -17,7 +17,7 @@ from tests.gateway_process import ROOT, GatewayProcess
 CLIENT_KEY = "sk-opendify-test"
 CHAT_KEYS = "app-demo-chat,app-demo-agent,app-demo-chatflow"
 LEGACY_VENV = ROOT / ".venv-legacy"
-LEGACY_OPENAI = "openai==0.28.1"
+LEGACY_LOCK = ROOT / "tests" / "legacy-openai.lock"  # openai==0.28.1 and its dependencies, pinned
 
 
 @pytest.fixture(scope="session")
@@ -80,12 +80,14 @@ def http(gateway: GatewayProcess) -> Callable[..., requests.Response]:
 
 @pytest.fixture(scope="session")
 def legacy_python() -> Path:
-    """A virtualenv with the legacy openai 0.28 SDK, made once and kept in .venv-legacy."""
+    """A virtualenv with the legacy openai 0.28 SDK, made once from its lock file and kept in
+    .venv-legacy (made again when the lock changes)."""
     python = LEGACY_VENV / "bin" / "python"
     marker = LEGACY_VENV / ".installed"
-    if not marker.exists() or marker.read_text() != LEGACY_OPENAI:
+    pinned = LEGACY_LOCK.read_text()
+    if not marker.exists() or marker.read_text() != pinned:
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(LEGACY_VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                        LEGACY_OPENAI], check=True)
-        marker.write_text(LEGACY_OPENAI)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r",
+                        str(LEGACY_LOCK)], check=True)
+        marker.write_text(pinned)
     return python
