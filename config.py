@@ -44,44 +44,35 @@ def flag(text: str) -> bool:
     raise ValueError("must be one of on/off, true/false, 1/0")
 
 
-def number(minimum: float, scale: float = 1.0) -> Callable[[str], Any]:
-    """A number of at least `minimum`, multiplied by `scale` (e.g. MB -> bytes)."""
+def number(minimum: float, maximum: float | None = None, *, scale: float = 1.0,
+           whole: bool = False) -> Callable[[str], Any]:
+    """A number (a whole one with `whole`) from `minimum` to `maximum`, times `scale`."""
+    convert, kind = (int, "a whole number") if whole else (float, "a number")
 
     def parse(text: str) -> Any:
         if not text:
             return DEFAULT
         try:
-            value = float(text)
+            value = convert(text)
         except ValueError:
-            raise ValueError("must be a number") from None
+            raise ValueError(f"must be {kind}") from None
         if value < minimum:
             raise ValueError(f"must be at least {minimum:g}")
-        return value * scale
+        if maximum is not None and value > maximum:
+            raise ValueError(f"must be at most {maximum:g}")
+        return value * scale if scale != 1.0 else value
 
     return parse
+
+
+def whole(minimum: int, maximum: int | None = None) -> Callable[[str], Any]:
+    return number(minimum, maximum, whole=True)
 
 
 def megabytes(text: str) -> Any:
     """A size in MB (at least 1 KB), as bytes."""
     value = number(0.001)(text)
     return value if value is DEFAULT else int(value * 1024 * 1024)
-
-
-def whole(minimum: int, maximum: int | None = None) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        if not text:
-            return DEFAULT
-        try:
-            value = int(text)
-        except ValueError:
-            raise ValueError("must be a whole number") from None
-        if value < minimum:
-            raise ValueError(f"must be at least {minimum}")
-        if maximum is not None and value > maximum:
-            raise ValueError(f"must be at most {maximum}")
-        return value
-
-    return parse
 
 
 def choice(*allowed: str) -> Callable[[str], Any]:
