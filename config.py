@@ -164,6 +164,8 @@ SETTINGS: tuple[Setting, ...] = (
     # Conversations and answers
     Setting("CONVERSATION_MEMORY_MODE", "conversation_memory_mode", whole(0, 2), 2,
             "0 stateless, 1 history_message, 2 zero-width conversation ids"),
+    Setting("MODEL_ID_STYLE", "model_id_style", choice("exact", "slug"), "exact",
+            "model ids: the exact Dify app names (spaces kept), or slugs (spaces and / as -)"),
     Setting("MODEL_ALIASES", "model_aliases", aliases, (),
             "comma list of alias=model, e.g. gpt-4o-mini=my-app"),
     Setting("DEFAULT_MODEL", "default_model", text_or_none, None,
@@ -222,6 +224,7 @@ class Settings:
     allow_open_access: bool
     cors_allow_origins: tuple[str, ...]
     conversation_memory_mode: int
+    model_id_style: str
     model_aliases: tuple[tuple[str, str], ...]
     default_model: str | None
     think_tags: str

@@ -55,7 +55,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.compact = True
     dify = DifyClient(settings.dify_api_base, settings.timeout, settings.pool_size)
     registry = AppRegistry(dify, settings.dify_api_keys, settings.app_info_ttl, settings.model_aliases,
-                           settings.default_model)
+                           settings.default_model, settings.model_id_style)
     install_gateway(app, Gateway(settings, dify, registry))
     hooks.install(app, settings, Admission(settings.max_concurrent_requests))
     # The OpenAI surface answers with and without the /v1 prefix, and under /v1/v1 (what

@@ -1,14 +1,20 @@
-"""A Dify app as the gateway serves it: one model, with its mode, input form and model id.
+"""A Dify app as the gateway serves it (one model), and the index of model ids.
 
-Model ids: the app name with whitespace and `/` replaced by `-` (clients put the id in URL
-paths); when two apps get the same id, the later key in DIFY_API_KEYS gets `-2`, `-3`, ...
+Model ids are the Dify app names exactly, spaces kept, as the original OpenDify listed them
+(MODEL_ID_STYLE=exact), or slugs with whitespace and `/` replaced by `-` (MODEL_ID_STYLE=slug,
+for front ends that cannot hold spaces; what OpenDify listed before). When two apps have the
+same name, the later key in DIFY_API_KEYS gets a suffix: " (2)", " (3)", ... on exact ids,
+"-2", "-3", ... on slugs. Whatever the style, a request may name an app by its exact id, that
+id URL-encoded (`%20`, or `+` as openai 0.28's `Model.retrieve` sends it), or its slug.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote, unquote_plus
 
 from core.errors import invalid_request
 
@@ -68,5 +74,45 @@ class DifyApp:
         return inputs
 
 
-def model_id_for(name: str) -> str:
+def slug(name: str) -> str:
     return re.sub(r"[\s/]+", "-", name.strip()) or "dify-app"
+
+
+def _numbered(names: Iterable[str], suffix: str) -> list[str]:
+    """The names with `suffix` (holding the occurrence number) on every repeat after the first."""
+    seen: dict[str, int] = {}
+    ids = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        ids.append(name if seen[name] == 1 else name + suffix.format(seen[name]))
+    return ids
+
+
+class ModelIndex:
+    """The served apps by listed model id, and the names a request may use for each."""
+
+    def __init__(self, apps: list[DifyApp], style: str = "exact") -> None:
+        """`apps` in DIFY_API_KEYS order; `style` is MODEL_ID_STYLE (exact or slug)."""
+        exact_ids = _numbered((app.name for app in apps), " ({})")
+        slug_ids = _numbered((slug(app.name) for app in apps), "-{}")
+        self.listed = dict(zip(exact_ids if style == "exact" else slug_ids, apps, strict=True))
+        self._by_exact_id = dict(zip(exact_ids, apps, strict=True))
+        self._by_slug = {}
+        for slug_id, app in zip(slug_ids, apps, strict=True):
+            self._by_slug.setdefault(slug_id, app)
+        self._ids = {app.key: model_id for model_id, app in self.listed.items()}
+
+    def __bool__(self) -> bool:
+        return bool(self.listed)
+
+    def find(self, name: str) -> DifyApp | None:
+        """The app `name` means: an exact id (as given or URL-decoded), else a slug."""
+        for candidate in (name, unquote(name), unquote_plus(name)):
+            app = self._by_exact_id.get(candidate)
+            if app is not None:
+                return app
+        return self._by_slug.get(name) or self._by_slug.get(unquote_plus(name))
+
+    def id_of(self, app: DifyApp) -> str:
+        """The model id `app` is listed under."""
+        return self._ids[app.key]

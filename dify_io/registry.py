@@ -5,7 +5,7 @@ starts, and again when the entry is older than APP_INFO_TTL (in the background; 
 keep using the stale entry). A key whose lookup fails keeps its last good entry, so a Dify
 outage does not empty the model list.
 
-Model ids: see core/apps.py. Requests may also name an app by its exact Dify name.
+Model ids and the names a request may use: core/apps.py (ModelIndex).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 
 import gevent
 
-from core.apps import DifyApp, model_id_for
+from core.apps import DifyApp, ModelIndex
 from core.errors import OpenAIError, model_not_found, server_error
 from dify_io.client import DifyClient
 
@@ -27,16 +27,19 @@ _RETRY_AFTER_FAILURE = 5.0
 
 class AppRegistry:
     def __init__(self, client: DifyClient, keys: tuple[str, ...], ttl: float,
-                 aliases: tuple[tuple[str, str], ...] = (), default_model: str | None = None) -> None:
+                 aliases: tuple[tuple[str, str], ...] = (), default_model: str | None = None,
+                 id_style: str = "exact") -> None:
         """`aliases` map other model names (e.g. gpt-4o-mini, which NextChat uses for topic
-        summaries) to app models; `default_model` serves any unknown name (off: 404)."""
+        summaries) to app models; `default_model` serves any unknown name (off: 404);
+        `id_style` is MODEL_ID_STYLE."""
         self._client = client
         self._keys = keys
         self._ttl = ttl
         self._aliases = dict(aliases)
         self._default_model = default_model
+        self._id_style = id_style
         self._apps: dict[str, DifyApp] = {}  # by key
-        self._by_model: dict[str, DifyApp] = {}
+        self._index = ModelIndex([])
         self._refreshed_at = 0.0
         self._failed_at = 0.0
         self._refreshing: gevent.Greenlet | None = None
@@ -62,7 +65,7 @@ class AppRegistry:
         now = time.monotonic()
         self._failed_at = now if failed else 0.0
         self._refreshed_at = now
-        self._by_model = self._index()
+        self._index = ModelIndex([self._apps[key] for key in self._keys if key in self._apps], self._id_style)
 
     def _lookup(self, key: str) -> DifyApp | None:
         try:
@@ -98,37 +101,33 @@ class AppRegistry:
             return "workflow"
         return "completion"
 
-    def _index(self) -> dict[str, DifyApp]:
-        index: dict[str, DifyApp] = {}
-        for key in self._keys:
-            app = self._apps.get(key)
-            if app is None:
-                continue
-            base = model_id_for(app.name)
-            model_id, suffix = base, 2
-            while model_id in index:
-                model_id, suffix = f"{base}-{suffix}", suffix + 1
-            index[model_id] = app
-        return index
-
-    def _current(self) -> dict[str, DifyApp]:
+    def _current(self) -> ModelIndex:
         """The index, refreshed first when nothing was ever loaded or a key is missing."""
         now = time.monotonic()
-        if self._refreshing is not None and not self._refreshing.dead and not self._by_model:
+        if self._refreshing is not None and not self._refreshing.dead and not self._index:
             self._refreshing.join(self._client.timeout)
         elif len(self._apps) < len(self._keys) and now - self._failed_at >= _RETRY_AFTER_FAILURE:
             self._refresh_in_background().join(self._client.timeout)
         elif now - self._refreshed_at >= self._ttl:
             self._refresh_in_background()
-        return self._by_model
+        return self._index
 
     def models(self) -> dict[str, DifyApp]:
-        return dict(self._current())
+        """The served apps by their listed model ids, in DIFY_API_KEYS order."""
+        return dict(self._current().listed)
+
+    def model(self, name: str) -> tuple[str, DifyApp] | None:
+        """(listed id, app) for any name of an app (see core/apps.py); aliases do not count."""
+        index = self._current()
+        app = index.find(name)
+        return None if app is None else (index.id_of(app), app)
 
     def resolve(self, model: str) -> DifyApp:
+        """The app a request's `model` selects: by any of its names, else by alias, else the
+        DEFAULT_MODEL."""
         index = self._current()
         for name in (model, self._aliases.get(model), self._default_model):
-            app = _lookup(index, name)
+            app = index.find(name) if name is not None else None
             if app is not None:
                 return app
         if len(self._apps) < len(self._keys):
@@ -136,10 +135,3 @@ class AppRegistry:
             raise server_error(f"The model `{model}` is not known yet: Dify could not be reached to list the apps.",
                                503, "upstream_unavailable")
         raise model_not_found(model)
-
-
-def _lookup(index: dict[str, DifyApp], name: str | None) -> DifyApp | None:
-    """By model id, else by the exact Dify app name."""
-    if name is None:
-        return None
-    return index.get(name) or next((app for app in index.values() if app.name == name), None)

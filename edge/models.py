@@ -26,7 +26,8 @@ def list_models() -> Response:
 
 @bp.get("/models/<path:model_id>")
 def get_model(model_id: str) -> Response:
-    app = current_gateway().registry.models().get(model_id)
-    if app is None:
+    """By any name of the app: its exact id, URL-encoded (`+` from openai 0.28), or its slug."""
+    found = current_gateway().registry.model(model_id)
+    if found is None:
         raise model_not_found(model_id)
-    return jsonify(_model(model_id, app))
+    return jsonify(_model(*found))

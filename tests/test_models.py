@@ -41,7 +41,7 @@ def test_names_duplicates_ttl_and_stale_entries_during_an_outage(start_gateway):
             return [model["id"] for model in
                     requests.get(gateway.base_url + "/models", headers=headers, timeout=10).json()["data"]]
 
-        assert model_ids() == ["Twin-Bot", "Twin-Bot-2", "team-helper", "old-dify"]
+        assert model_ids() == ["Twin Bot", "Twin Bot (2)", "team/helper", "old-dify"]
         # The exact Dify name also selects the app; the second twin is reachable by its id.
         for model in ("Twin Bot", "Twin-Bot-2", "team/helper", "old-dify"):
             response = requests.post(gateway.base_url + "/chat/completions", headers=headers, timeout=10,
@@ -62,5 +62,5 @@ def test_names_duplicates_ttl_and_stale_entries_during_an_outage(start_gateway):
         emulator.stop()
     # ... and when Dify is gone the last good entries keep serving.
     time.sleep(1.2)
-    assert model_ids() == ["Twin-Bot", "Twin-Bot-2", "team-helper", "old-dify"]
-    assert model_ids() == ["Twin-Bot", "Twin-Bot-2", "team-helper", "old-dify"]
+    assert model_ids() == ["Twin Bot", "Twin Bot (2)", "team/helper", "old-dify"]
+    assert model_ids() == ["Twin Bot", "Twin Bot (2)", "team/helper", "old-dify"]
