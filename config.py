@@ -164,6 +164,10 @@ SETTINGS: tuple[Setting, ...] = (
     # Conversations and answers
     Setting("CONVERSATION_MEMORY_MODE", "conversation_memory_mode", whole(0, 2), 2,
             "0 stateless, 1 history_message, 2 zero-width conversation ids"),
+    Setting("ZERO_WIDTH_ID", "zero_width_id", choice("every", "first"), "every",
+            "mode 2: the conversation id on every assistant reply, or only on the first (the original's way)"),
+    Setting("USER_HEADER", "user_header", text_or_none, None,
+            "a trusted request header that names the Dify user (e.g. X-OpenWebUI-User-Id)"),
     Setting("MODEL_ID_STYLE", "model_id_style", choice("exact", "slug"), "exact",
             "model ids: the exact Dify app names (spaces kept), or slugs (spaces and / as -)"),
     Setting("MODEL_ALIASES", "model_aliases", aliases, (),
@@ -224,6 +228,8 @@ class Settings:
     allow_open_access: bool
     cors_allow_origins: tuple[str, ...]
     conversation_memory_mode: int
+    zero_width_id: str
+    user_header: str | None
     model_id_style: str
     model_aliases: tuple[tuple[str, str], ...]
     default_model: str | None

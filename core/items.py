@@ -20,7 +20,7 @@ is a `(kind, value)` tuple, cheap on the per-event hot path; the kinds and their
 
 Only this module defines kinds; every other module imports them from here. It also names the
 other values several stages must agree on: the usage keys and memory mode 2's zero-width
-alphabet (the pacer never cuts inside a run of it).
+alphabet and separator (the pacer never cuts inside a run of them).
 """
 
 from __future__ import annotations
@@ -48,3 +48,5 @@ USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
 # Memory mode 2 writes the Dify conversation id with these eight characters (octal digits
 # 0-7), bit-compatible with the original OpenDify (README, "Conversation memory").
 ZERO_WIDTH_DIGITS = "\u200b\u200c\u200d\ufeff\u2060\u180e\u2061\u2062"
+# Between the reply's message id and its conversation id (INVISIBLE SEPARATOR, not a digit).
+ZERO_WIDTH_SEPARATOR = "\u2063"

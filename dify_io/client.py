@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -102,6 +102,15 @@ class DifyClient:
             kind = content_type or "no content type"
             raise server_error(f"Dify answered {path} with {kind} instead of an event stream", 502, "upstream_error")
         return response
+
+    def newest_message_ids(self, app_key: str, user: str, conversation_id: str, count: int) -> list[str]:
+        """The ids of a conversation's newest `count` messages (at most 100), oldest first
+        (GET /messages, docs/dify.md 10); a conversation Dify does not know is a 404."""
+        query = urlencode({"conversation_id": conversation_id, "user": user, "limit": min(max(count, 1), 100)})
+        page = self.get_json(app_key, f"/messages?{query}").get("data")
+        if not isinstance(page, list):
+            return []
+        return [str(message.get("id")) for message in page if isinstance(message, dict)]
 
     def upload(self, app_key: str, user: str, upload: Upload) -> str:
         """POST /files/upload (multipart, with the chat's `user`, who will own the file)."""

@@ -32,14 +32,17 @@ def key_is_valid(key: str | None, valid_keys: tuple[str, ...]) -> bool:
     return matched
 
 
-def dify_user_for(openai_user: str | None, client_key: str | None) -> str:
-    """The Dify `user`: the OpenAI `user` field, else a stable digest of the client's key.
+def dify_user_for(openai_user: str | None, client_key: str | None, header_user: str | None = None) -> str:
+    """The Dify `user`: the value of the trusted USER_HEADER when the request has it (a front end
+    that shares one key among its users names them there: Open WebUI's X-OpenWebUI-User-Id),
+    else the OpenAI `user` field, else a stable digest of the client's key.
 
     Dify scopes conversations, uploads and stop calls to it, so it must be the same on every
-    request of a client; the key itself never leaves the gateway.
+    request of a user; the key itself never leaves the gateway.
     """
-    if openai_user:
-        return openai_user[:255]
+    for name in (header_user, openai_user):
+        if name and name.strip():
+            return name.strip()[:255]
     if client_key:
         return "opendify-" + hashlib.sha256(client_key.encode()).hexdigest()[:24]
     return "opendify-anonymous"

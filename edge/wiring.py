@@ -19,6 +19,9 @@ def current_gateway() -> Gateway:
 
 
 def current_caller(openai_user: str | None, conversation_id: str | None = None) -> Caller:
-    """The caller of the request being served: its Dify user, the conversation it names, and
-    its socket (gunicorn's workers put it in the WSGI environ)."""
-    return Caller(dify_user_for(openai_user, g.client_key), conversation_id, request.environ.get("gunicorn.socket"))
+    """The caller of the request being served: its Dify user (edge/auth.py), the conversation
+    it names, and its socket (gunicorn's workers put it in the WSGI environ)."""
+    user_header = current_gateway().settings.user_header
+    header_user = request.headers.get(user_header) if user_header else None
+    return Caller(dify_user_for(openai_user, g.client_key, header_user), conversation_id,
+                  request.environ.get("gunicorn.socket"))

@@ -8,6 +8,7 @@ translator, the pipeline with mode 2's reply suffix, and the pacer are set up pe
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,8 @@ from engine.answer import Answer
 
 if TYPE_CHECKING:
     from engine.gateway import Caller, Gateway
+
+log = logging.getLogger(__name__)
 
 
 def start_chat(gateway: Gateway, chat: ChatRequest, caller: Caller) -> Answer:
@@ -59,11 +62,12 @@ class ChatCall:
         self.caller = caller
         self.app: DifyApp = gateway.registry.resolve(chat.model)
         self.memory: MemoryMode = gateway.memory if self.app.has_conversations else gateway.memory_without_conversations
+        self.explicit = bool(caller.conversation_id and self.app.has_conversations)  # the client names the conversation
 
     def first_turn(self) -> tuple[DifyTurn, bool]:
         """The Dify turn to send, and whether a vanished conversation may be replaced."""
-        chat, explicit_id = self.chat, self.caller.conversation_id if self.app.has_conversations else None
-        if explicit_id:
+        chat, explicit_id = self.chat, self.caller.conversation_id
+        if self.explicit:
             if not is_conversation_id(explicit_id):
                 raise conversation_not_found(explicit_id)
             if chat.n > 1:
@@ -72,9 +76,30 @@ class ChatCall:
             return DifyTurn(query=continuation_query(chat.messages), conversation_id=explicit_id,
                             files_from=after_newest_assistant(chat.messages)), False
         turn = self.memory.prepare(chat.messages)
-        if chat.n > 1 and turn.conversation_id:
-            turn = self.memory.recover(chat.messages)  # n parallel runs cannot share one conversation
+        if turn.conversation_id and (chat.n > 1 or not self._continues(turn)):
+            # n parallel runs cannot share one conversation; a history that branched off its
+            # conversation (a regenerated answer, an edited turn) cannot continue it.
+            turn = self.memory.recover(chat.messages)
         return turn, True
+
+    def _continues(self, turn: DifyTurn) -> bool:
+        """Whether the history still ends where its Dify conversation ends: Dify's newest
+        messages are the one the history's id came with and as many as the history has
+        replies after it. Dify's service API cannot continue from an earlier message (it takes
+        no `parent_message_id`, docs/dify.md 4.1), so a history that branched must start over."""
+        if turn.expected_tail is None:
+            return True  # an id from before message ids were written: trust it
+        message_id, replies_after = turn.expected_tail
+        assert turn.conversation_id is not None
+        try:
+            newest = self.gateway.dify.newest_message_ids(self.app.key, self.caller.dify_user, turn.conversation_id,
+                                                          replies_after + 1)
+        except OpenAIError as exc:
+            if exc.status == 404:
+                return False  # the conversation is gone: start over at once
+            log.warning("could not check conversation %s (%s); continuing it", turn.conversation_id, exc.message)
+            return True
+        return newest == [message_id, *newest[1:]] and len(newest) == replies_after + 1
 
     def relays(self, turn: DifyTurn) -> list[Relay]:
         """One started run per choice; the turn's files are uploaded once for all of them."""
@@ -98,7 +123,11 @@ class ChatCall:
                                user=self.caller.dify_user, inputs=chat.inputs, files=files)
         translator = gateway.translator(self.app, with_reasoning=True)
         memory, continued = self.memory, turn.conversation_id  # (not `turn`: a held stream must not keep the prompt)
-        pipeline = OutputPipeline(stages, suffix=lambda: memory.reply_suffix(translator.conversation_id, continued))
+        # An answer that must parse as JSON carries no ids, nor does one in a conversation the client
+        # names itself; the X-Dify-Conversation-Id header still does.
+        suffix = None if chat.response_format or self.explicit else (
+            lambda: memory.reply_suffix(translator.conversation_id, translator.message_id, continued))
+        pipeline = OutputPipeline(stages, suffix=suffix)
         return gateway.relay(self.app, self.caller, payload, translator, pipeline, gateway.pacer(chat.stream))
 
 

@@ -40,7 +40,8 @@ class Gateway:
         self.registry = registry
         self.limits = RequestLimits(settings.max_choices, settings.max_messages, settings.max_prompt_chars)
         # Completion and workflow apps have no conversations: mode 2 serves them as mode 1.
-        self.memory: MemoryMode = memory_mode(settings.conversation_memory_mode)
+        self.memory: MemoryMode = memory_mode(settings.conversation_memory_mode,
+                                              every_reply=settings.zero_width_id == "every")
         self.memory_without_conversations: MemoryMode = memory_mode(settings.conversation_memory_mode,
                                                                     conversations=False)
         self._timing = RelayTiming(settings.keepalive_interval, settings.stream_deadline)

@@ -25,7 +25,8 @@ from tests.test_memory_codec import REFERENCE_DIGITS, reference_encode
 EXPECTED_USER = "opendify-" + hashlib.sha256(CLIENT_KEY.encode()).hexdigest()[:24]
 SYSTEM = {"role": "system", "content": "Be brief."}
 QUESTIONS = ("first question", "second question", "third question")
-ZERO_WIDTH = set(REFERENCE_DIGITS)
+SEPARATOR = "\u2063"  # between a reply's message id and its conversation id
+ZERO_WIDTH = {*REFERENCE_DIGITS, SEPARATOR}
 STREAMING = pytest.mark.parametrize("stream", [False, True], ids=["blocking", "stream"])
 
 
@@ -93,12 +94,26 @@ def dify_calls(emulator) -> list[tuple[str, str, str]]:
             for call in chat_requests(emulator)]
 
 
-def dify_messages(emulator, conversation_id: str, user: str = EXPECTED_USER, app_key: str = "app-demo-chat"):
+def stored_messages(emulator, conversation_id: str, user: str = EXPECTED_USER,
+                    app_key: str = "app-demo-chat") -> list[dict]:
     """What Dify stored in a conversation, oldest first (its GET /v1/messages)."""
     response = requests.get(emulator.base_url + "/messages", headers={"Authorization": f"Bearer {app_key}"},
-                            params={"conversation_id": conversation_id, "user": user}, timeout=10)
+                            params={"conversation_id": conversation_id, "user": user, "limit": 100}, timeout=10)
     assert response.status_code == 200, response.text
-    return [(message["query"], message["answer"]) for message in response.json()["data"]]
+    return response.json()["data"]
+
+
+def dify_messages(emulator, conversation_id: str, user: str = EXPECTED_USER, app_key: str = "app-demo-chat"):
+    """(query, answer) of each message Dify stored in a conversation, oldest first."""
+    return [(message["query"], message["answer"]) for message in stored_messages(emulator, conversation_id, user,
+                                                                                   app_key)]
+
+
+def reply_ids(emulator, conversation_id: str, position: int, **where: str) -> str:
+    """What the gateway appends to the reply of a conversation's message at `position`: the
+    message id, the separator, the conversation id, each in the original zero-width scheme."""
+    message_id = stored_messages(emulator, conversation_id, **where)[position]["id"]
+    return reference_encode(message_id) + SEPARATOR + reference_encode(conversation_id)
 
 
 def new_dify_conversation(emulator, user: str = EXPECTED_USER) -> str:
@@ -158,11 +173,13 @@ def test_mode_1_every_turn_folds_the_history(gateways, recorded, stream):
 def test_mode_2_three_turns_continue_one_dify_conversation(gateways, recorded, stream):
     first, second, third = converse(sdk(gateways(2)), stream)
     conversation_id = first.conversation_header
-    encoded = reference_encode(conversation_id)
-    assert first.content == "You said: Be brief.\n\nfirst question" + encoded
-    assert second.content == "You said: second question" and third.content == "You said: third question"
+    endings = [reply_ids(recorded, conversation_id, position) for position in range(3)]
+    assert first.content == "You said: Be brief.\n\nfirst question" + endings[0]
+    assert second.content == "You said: second question" + endings[1]
+    assert third.content == "You said: third question" + endings[2]
     if stream:
-        assert_id_in_one_piece(first, encoded)
+        for reply, ending in zip((first, second, third), endings, strict=True):
+            assert_id_in_one_piece(reply, ending)
     assert dify_calls(recorded) == [
         ("Be brief.\n\nfirst question", "", EXPECTED_USER),
         ("second question", conversation_id, EXPECTED_USER),
@@ -192,7 +209,9 @@ def test_mode_2_openai_user_field_is_the_dify_user_of_every_turn(gateways, recor
 def test_mode_2_chatflow_app_keeps_its_conversation_state(gateways, recorded, stream):
     first, second, third = converse(sdk(gateways(2)), stream, model="demo-chatflow")
     conversation_id = first.conversation_header
-    assert first.content == "You said: Be brief.\n\nfirst question" + reference_encode(conversation_id)
+    where = {"app_key": "app-demo-chatflow"}
+    assert first.content == "You said: Be brief.\n\nfirst question" + reply_ids(recorded, conversation_id, 0, **where)
+    assert third.content == "You said: third question" + reply_ids(recorded, conversation_id, 2, **where)
     assert [call[1] for call in dify_calls(recorded)] == ["", conversation_id, conversation_id]
     assert all(call["app_key"] == "app-demo-chatflow" for call in chat_requests(recorded))
     # Dify's own record: one conversation holding the three dialogue turns in order.
@@ -214,9 +233,8 @@ def test_mode_2_with_legacy_openai_028(legacy_python, gateways, recorded):
     for rendering, turns in (("blocking", calls[:3]), ("stream", calls[3:])):
         replies = results[rendering]["replies"]
         conversation_id = turns[1][1]
-        encoded = reference_encode(conversation_id)
-        assert replies == ["You said: Be brief.\n\nlegacy one" + encoded, "You said: legacy two",
-                           "You said: legacy three"]
+        assert replies == [f"You said: {text}" + reply_ids(recorded, conversation_id, position)
+                           for position, text in enumerate(("Be brief.\n\nlegacy one", "legacy two", "legacy three"))]
         assert turns == [("Be brief.\n\nlegacy one", "", EXPECTED_USER),
                          ("legacy two", conversation_id, EXPECTED_USER),
                          ("legacy three", conversation_id, EXPECTED_USER)]
@@ -237,7 +255,7 @@ def test_mode_2_decodes_an_id_encoded_by_the_original_scheme(gateways, recorded,
         {"role": "user", "content": "what did I say?"},
     ]
     reply = ask(sdk(gateways(2)), messages, stream)
-    assert reply.content == "You said: what did I say?"
+    assert reply.content == "You said: what did I say?" + reply_ids(recorded, conversation_id, 1)
     assert reply.conversation_header == conversation_id
     assert dify_calls(recorded) == [("what did I say?", conversation_id, EXPECTED_USER)]
 
@@ -256,9 +274,9 @@ def test_mode_2_conversation_dify_does_not_know_starts_over_with_the_history(gat
     folded = "System:\nBe brief.\n\nUser:\nq1\n\nAssistant:\na1\n\nCurrent question:\nq2"
     new_id = reply.conversation_header
     assert new_id and new_id != stale_id
-    assert reply.content == f"You said: {folded}" + reference_encode(new_id)
+    assert reply.content == f"You said: {folded}" + reply_ids(recorded, new_id, 0)
     if stream:
-        assert_id_in_one_piece(reply, reference_encode(new_id))
+        assert_id_in_one_piece(reply, reply_ids(recorded, new_id, 0))
     assert dify_calls(recorded) == [("q2", stale_id, EXPECTED_USER), (folded, "", EXPECTED_USER)]
     assert dify_messages(recorded, new_id) == [(folded, f"You said: {folded}")]
 
@@ -270,7 +288,7 @@ def test_mode_2_zero_width_text_that_is_no_uuid_starts_over(gateways, recorded, 
                 {"role": "user", "content": "q2"}]
     reply = ask(sdk(gateways(2)), messages, stream)
     folded = "User:\nq1\n\nAssistant:\na1\n\nCurrent question:\nq2"
-    assert reply.content == f"You said: {folded}" + reference_encode(reply.conversation_header)
+    assert reply.content == f"You said: {folded}" + reply_ids(recorded, reply.conversation_header, 0)
     assert dify_calls(recorded) == [(folded, "", EXPECTED_USER)]
 
 
@@ -346,4 +364,4 @@ def test_every_chat_response_names_its_conversation_to_browsers(gateways, record
     query = "header check"
     assert dify_calls(recorded) == [(query, "", EXPECTED_USER)]
     assert dify_messages(recorded, conversation_id) == [(query, f"You said: {query}")]
-    assert content == f"You said: {query}" + (reference_encode(conversation_id) if mode == 2 else "")
+    assert content == f"You said: {query}" + (reply_ids(recorded, conversation_id, 0) if mode == 2 else "")

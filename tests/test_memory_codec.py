@@ -16,7 +16,15 @@ from core.request.memory_modes import memory_mode
 from core.request.memory_modes.base import DifyTurn, continuation_query, fold_history, stateless_query
 from core.request.memory_modes.history import HistoryMode
 from core.request.memory_modes.stateless import StatelessMode
-from core.request.memory_modes.zero_width import ZeroWidthMode, decode_id, encode_id, find_conversation
+from core.request.memory_modes.zero_width import (
+    FoundConversation,
+    ZeroWidthMode,
+    decode_id,
+    encode_id,
+    encode_reply_ids,
+    find_conversation,
+    without_ids,
+)
 
 # --- An independent reference encoder, written from the spec of the original scheme -------
 # "base64 of the id; each base64 character's 6-bit value v becomes two octal digits
@@ -134,7 +142,7 @@ def test_content_given_as_parts_is_searched():
     for content in (inline, own_part):
         messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": content},
                     {"role": "user", "content": "next"}]
-        assert find_conversation(messages) == (conversation_id, 1)
+        assert find_conversation(messages) == FoundConversation(conversation_id, None, 1)
         assert ZeroWidthMode().prepare(messages) == DifyTurn(query="next", conversation_id=conversation_id,
                                                              files_from=2)
 
@@ -148,10 +156,10 @@ def test_newest_assistant_message_with_an_id_wins():
         {"role": "user", "content": "q2"},
         answer_with_id("a2", second),
         {"role": "user", "content": "q3"},
-        {"role": "assistant", "content": "a3 (no id: only a conversation's first reply has one)"},
+        {"role": "assistant", "content": "a3 (no id: ZERO_WIDTH_ID=first, or a JSON answer)"},
         {"role": "user", "content": "q4"},
     ]
-    assert find_conversation(messages) == (second, 4)
+    assert find_conversation(messages) == FoundConversation(second, None, 4)
     # Dify already holds every turn up to the newest reply: only the new question goes.
     # Files go along from the messages after the newest reply only.
     assert ZeroWidthMode().prepare(messages) == DifyTurn(query="q4", conversation_id=second, files_from=7)
@@ -174,7 +182,7 @@ def test_readings_that_are_not_uuids_are_not_conversation_ids():
     assert ZeroWidthMode().prepare(messages) == DifyTurn(query="User:\nq1\n\nAssistant:\na1\n\nCurrent question:\nq2")
     older = str(uuid.uuid4())
     messages[:0] = [{"role": "user", "content": "q0"}, answer_with_id("a0", older)]
-    assert find_conversation(messages) == (older, 1)
+    assert find_conversation(messages) == FoundConversation(older, None, 1)
 
 
 def test_zero_width_mode_turns():
@@ -186,10 +194,15 @@ def test_zero_width_mode_turns():
     assert mode.prepare(foreign) == DifyTurn(
         query="System:\nBe brief.\n\nUser:\nq1\n\nAssistant:\na1\n\nCurrent question:\nq2")
     assert mode.recover(foreign) == mode.prepare(foreign)
-    new_id = str(uuid.uuid4())
-    assert mode.reply_suffix(new_id, None) == reference_encode(new_id)
-    assert mode.reply_suffix(new_id, new_id) == ""
-    assert mode.reply_suffix(None, None) == ""
+    new_id, message_id = str(uuid.uuid4()), str(uuid.uuid4())
+    both = reference_encode(message_id) + "\u2063" + reference_encode(new_id)
+    assert mode.reply_suffix(new_id, message_id, None) == both
+    assert mode.reply_suffix(new_id, message_id, new_id) == both  # ZERO_WIDTH_ID=every: on every reply
+    assert mode.reply_suffix(new_id, None, None) == reference_encode(new_id)
+    assert mode.reply_suffix(None, None, None) == ""
+    first_only = ZeroWidthMode(every_reply=False)
+    assert first_only.reply_suffix(new_id, message_id, None) == both
+    assert first_only.reply_suffix(new_id, message_id, new_id) == ""
 
 
 def test_starting_over_folds_the_history_without_the_ids():
@@ -210,7 +223,59 @@ def test_starting_over_folds_the_history_without_the_ids():
 
 def test_memory_mode_numbers():
     assert [type(memory_mode(number)) for number in (0, 1, 2)] == [StatelessMode, HistoryMode, ZeroWidthMode]
-    assert all(memory_mode(number).reply_suffix("x", None) == "" for number in (0, 1))
+    assert all(memory_mode(number).reply_suffix("x", "y", None) == "" for number in (0, 1))
+    assert type(memory_mode(2, conversations=False)) is HistoryMode
+    assert memory_mode(2).every_reply and not memory_mode(2, every_reply=False).every_reply
+
+
+def reference_decode_trailing_run(text: str) -> str:
+    """What the original OpenDify reads: the trailing run of the eight digits, decoded."""
+    run = ""
+    for char in reversed(text):
+        if char not in REFERENCE_DIGITS:
+            break
+        run = char + run
+    digits = [REFERENCE_DIGITS.index(char) for char in run]
+    padding = {0: 0, 7: 1, 6: 2}[len(digits) % 8]
+    paired = digits[:len(digits) - padding]
+    chars = [REFERENCE_ALPHABET[paired[i] * 8 + paired[i + 1]] for i in range(0, len(paired), 2)]
+    return base64.b64decode("".join(chars) + "=" * padding).decode()
+
+
+@given(conversation_id=uuids, message_id=uuids, text=visible_text)
+def test_reply_ids_carry_the_message_id_before_the_conversation_id(conversation_id, message_id, text):
+    reply = text + encode_reply_ids(conversation_id, message_id)
+    assert reply == text + reference_encode(message_id) + "\u2063" + reference_encode(conversation_id)
+    assert reference_decode_trailing_run(reply) == conversation_id  # the original still reads it
+    messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": reply}]
+    assert find_conversation(messages) == FoundConversation(conversation_id, message_id, 1)
+    assert without_ids(messages)[1]["content"] == text
+
+
+def test_a_separator_without_a_message_id_before_it_is_text():
+    conversation_id = str(uuid.uuid4())
+    reply = "a\u2063" + reference_encode(conversation_id)
+    messages = [{"role": "assistant", "content": reply}, {"role": "user", "content": "q"}]
+    assert find_conversation(messages) == FoundConversation(conversation_id, None, 0)
+    assert without_ids(messages)[0]["content"] == "a\u2063"
+
+
+def test_the_turn_expects_dify_to_end_where_the_history_ends():
+    conversation_id, first, second = (str(uuid.uuid4()) for _ in range(3))
+    history = [
+        {"role": "user", "content": "q1"},
+        {"role": "assistant", "content": "a1" + encode_reply_ids(conversation_id, first)},
+        {"role": "user", "content": "q2"},
+        {"role": "assistant", "content": "a2" + encode_reply_ids(conversation_id, second)},
+        {"role": "user", "content": "q3"},
+    ]
+    assert ZeroWidthMode().prepare(history).expected_tail == (second, 0)
+    # JSON answers carry no ids: Dify holds as many messages after the newest id as they are.
+    history[3:4] = [{"role": "assistant", "content": '{"a": 1}'}, {"role": "user", "content": "q2b"},
+                    {"role": "assistant", "content": '{"a": 2}'}]
+    assert ZeroWidthMode().prepare(history).expected_tail == (first, 2)
+    # An id written before message ids were: nothing to check.
+    assert ZeroWidthMode().prepare([answer_with_id("a", conversation_id), history[-1]]).expected_tail is None
 
 
 # --- Mode 1: the folded history ---------------------------------------------------------------

@@ -25,10 +25,12 @@ from langchain_core.messages import HumanMessage, ToolMessage
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
 
+from core.items import ZERO_WIDTH_DIGITS, ZERO_WIDTH_SEPARATOR
 from core.request.memory_modes.zero_width import decode_id
 from tests.conftest import CLIENT_KEY
 from tests.scenarios import chat_requests, directive, user_message
 
+INVISIBLE_IDS = ZERO_WIDTH_DIGITS + ZERO_WIDTH_SEPARATOR  # what mode 2 appends to a reply
 WEATHER_SCHEMA = {
     "type": "object",
     "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
@@ -533,14 +535,16 @@ def test_tool_result_round_trip_zero_width_memory(zero_width_gateway, recorded):
     message = first.choices[0].message
     [call] = message.tool_calls
     assert first.choices[0].finish_reason == "tool_calls" and call.function.arguments == PARIS_ARGUMENTS
-    conversation_id = decode_id(message.content)  # the content is only the invisible id
-    assert conversation_id and message.content.strip("\u200b\u200c\u200d\ufeff\u2060\u180e\u2061\u2062") == ""
+    conversation_id = decode_id(message.content)  # the content is only the invisible ids
+    assert conversation_id and message.content.strip(INVISIBLE_IDS) == ""
 
     result = "Sunny, 21 C\n" + directive(answer="It is sunny in Paris.")
     second = client.chat.completions.create(model="demo-chat", tools=[WEATHER], messages=[
         *question, message.model_dump(exclude_none=True),
         {"role": "tool", "tool_call_id": call.id, "content": result}])
-    assert second.choices[0].message.content == "It is sunny in Paris."  # no second id: the conversation goes on
+    # Every reply carries the ids (ZERO_WIDTH_ID=every); the conversation goes on.
+    assert second.choices[0].message.content.rstrip(INVISIBLE_IDS) == "It is sunny in Paris."
+    assert decode_id(second.choices[0].message.content) == conversation_id
     assert second.choices[0].finish_reason == "stop"
     first_call, second_call = chat_requests(recorded)
     assert first_call["json"]["conversation_id"] in ("", None)
@@ -574,7 +578,8 @@ def test_langchain_streaming_loop_with_zero_width_memory(zero_width_gateway, rec
     conversation_id = decode_id(reply.content)  # the invisible id rides in the summed content
     history += [reply, get_weather.invoke(call)]
     final = functools.reduce(operator.add, llm.stream(history))
-    assert final.content == "It will be sunny in Paris." and final.tool_calls == []
+    assert final.content.rstrip(INVISIBLE_IDS) == "It will be sunny in Paris." and final.tool_calls == []
+    assert decode_id(final.content) == conversation_id
     second = chat_requests(recorded)[1]["json"]
     assert second["conversation_id"] == conversation_id
     assert second["query"].split(TOOLS_HEADING)[0] == result_block("get_weather", call["id"], history[-1].content)

@@ -38,7 +38,7 @@ import unicodedata
 from collections import deque
 from typing import Any
 
-from core.items import PING, REASONING, TEXT, ZERO_WIDTH_DIGITS, Item
+from core.items import PING, REASONING, TEXT, ZERO_WIDTH_DIGITS, ZERO_WIDTH_SEPARATOR, Item
 
 PACED = frozenset((TEXT, REASONING))  # the item kinds whose text is spread; all others are due after max_lag
 
@@ -50,7 +50,7 @@ GAP_WEIGHT = 0.3  # weight of the newest gap in the moving average
 CLOCK_SLACK = 1e-6  # a deadline this close counts as reached: float sums of intervals drift by ~1e-16
 WORD_REACH = 12  # how far (characters) a cut may move to land next to a space
 
-_ZERO_WIDTH = frozenset(ZERO_WIDTH_DIGITS)
+_ZERO_WIDTH = frozenset(ZERO_WIDTH_DIGITS + ZERO_WIDTH_SEPARATOR)
 _ZWJ = "\u200d"
 _MARK_CATEGORIES = frozenset(("Mn", "Mc", "Me"))  # combining, spacing and enclosing marks, variation selectors
 

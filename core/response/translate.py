@@ -54,6 +54,7 @@ class DifyEventTranslator:
         self._node_progress = node_progress
         self.task_id: str | None = None
         self.conversation_id: str | None = None
+        self.message_id: str | None = None  # the Dify message of a chat-family answer
         self.usage: dict[str, int] | None = None
         self.finished = False
         self._agent_text_seen = False
@@ -65,6 +66,7 @@ class DifyEventTranslator:
         if self.task_id is None and event.get("task_id"):
             self.task_id = event["task_id"]
             self.conversation_id = event.get("conversation_id") or None
+            self.message_id = event.get("message_id") or None
         if name == "message_replace":
             return [(REPLACE, str(event.get("answer") or ""))]
         answer = event.get("answer")

@@ -9,12 +9,10 @@ from core.request.memory_modes.zero_width import ZeroWidthMode
 
 __all__ = ["DifyTurn", "MemoryMode", "memory_mode"]
 
-_MODES = {mode.number: mode for mode in (StatelessMode, HistoryMode, ZeroWidthMode)}
-
-
-def memory_mode(number: int, *, conversations: bool = True) -> MemoryMode:
+def memory_mode(number: int, *, conversations: bool = True, every_reply: bool = True) -> MemoryMode:
     """The mode for CONVERSATION_MEMORY_MODE. Apps without conversations (completion,
-    workflow) cannot continue a Dify conversation, so they get mode 1 in place of mode 2."""
-    if number == ZeroWidthMode.number and not conversations:
-        number = HistoryMode.number
-    return _MODES[number]()
+    workflow) cannot continue a Dify conversation, so they get mode 1 in place of mode 2.
+    `every_reply`: ZERO_WIDTH_ID=every (mode 2 writes the id on every reply, not the first)."""
+    if number == ZeroWidthMode.number and conversations:
+        return ZeroWidthMode(every_reply)
+    return HistoryMode() if number >= HistoryMode.number else StatelessMode()

@@ -34,6 +34,10 @@ class DifyTurn:
     # The files (images, documents, audio) of the user messages from this index on go with
     # the turn: those of the messages the query covers.
     files_from: int = 0
+    # Mode 2, continuing: (the Dify message id the history's id came with, how many replies
+    # the history holds after it). The conversation continues only if Dify's newest messages
+    # agree; otherwise the history branched off (a regenerated or edited turn).
+    expected_tail: tuple[str, int] | None = None
 
 
 class MemoryMode(Protocol):
@@ -45,10 +49,10 @@ class MemoryMode(Protocol):
     def recover(self, messages: Messages) -> DifyTurn:
         """The turn to send instead when Dify no longer knows the conversation (404)."""
 
-    def reply_suffix(self, conversation_id: str | None, continued: str | None) -> str:
-        """Text appended at the end of the reply (mode 2's invisible conversation id).
-        `conversation_id`: Dify's for this reply; `continued`: the one the turn continued,
-        None when it started a new conversation."""
+    def reply_suffix(self, conversation_id: str | None, message_id: str | None, continued: str | None) -> str:
+        """Text appended at the end of the reply (mode 2's invisible ids).
+        `conversation_id` and `message_id`: Dify's for this reply; `continued`: the
+        conversation the turn continued, None when it started a new one."""
 
 
 def system_prompt(messages: Messages) -> str:

@@ -14,5 +14,5 @@ class StatelessMode:
     def recover(self, messages: Messages) -> DifyTurn:
         return self.prepare(messages)
 
-    def reply_suffix(self, conversation_id: str | None, continued: str | None) -> str:
+    def reply_suffix(self, conversation_id: str | None, message_id: str | None, continued: str | None) -> str:
         return ""

@@ -1,21 +1,32 @@
 """Mode 2 (zero-width): the Dify conversation id travels invisibly inside the chat history.
 
-The id of a new Dify conversation is appended once, at the end of the first assistant
-reply, as zero-width characters. Clients send the whole history back on every request, so
-the id is found again in the newest assistant message that carries one; Dify then continues
-that conversation and gets only the turns after that message.
+Each assistant reply ends with zero-width characters that encode the id of its Dify
+conversation (ZERO_WIDTH_ID=every, the default: front ends send only the newest messages, so
+every reply must carry it) or only the first reply of a conversation does (ZERO_WIDTH_ID=first,
+the original OpenDify's behaviour). Clients send the history back on every request, so the id
+is found again in the newest assistant message that carries one; Dify then continues that
+conversation and gets only the turns after the newest assistant reply.
 
 The encoding is bit-compatible with the original OpenDify: base64 of the id; each base64
 character's 6-bit value v becomes the octal digits (v >> 3) & 7 and v & 7 (the padding `=`,
 value 64, contributes only its first digit, 0); digit d is written as DIGITS[d].
+
+The gateway also writes the Dify message id of the reply, encoded the same way, before the
+conversation id and apart from it by ZERO_WIDTH_SEPARATOR: `<message id><SEP><conversation
+id>`. The trailing run is still the conversation id, so the original OpenDify reads these
+replies too. The message id shows whether the history still ends where the Dify conversation
+ends: a regenerated answer or an edited earlier message branches off it, and Dify's service
+API cannot continue from an earlier message (it accepts no `parent_message_id`), so such a
+history starts a new conversation with the history folded in (engine/chat.py checks).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+from dataclasses import dataclass
 
-from core.items import ZERO_WIDTH_DIGITS
+from core.items import ZERO_WIDTH_DIGITS, ZERO_WIDTH_SEPARATOR
 from core.request.content import content_text
 from core.request.memory_modes.base import (
     DifyTurn,
@@ -85,6 +96,25 @@ def decode_id(text: str) -> str | None:
     return found[0] if found else None
 
 
+def encode_reply_ids(conversation_id: str, message_id: str | None) -> str:
+    """What a reply ends with: the message id (when known), the separator, the conversation id."""
+    conversation = encode_id(conversation_id)
+    return encode_id(message_id) + ZERO_WIDTH_SEPARATOR + conversation if message_id else conversation
+
+
+def _reply_ids(text: str) -> tuple[str, str | None, int] | None:
+    """(conversation id, message id or None, where the ids start) at the end of `text`."""
+    found = _trailing_id(text)
+    if found is None:
+        return None
+    conversation_id, start = found
+    if start and text[start - 1] == ZERO_WIDTH_SEPARATOR:
+        before = _trailing_id(text[:start - 1])
+        if before is not None and is_conversation_id(before[0]):
+            return conversation_id, before[0], before[1]
+    return conversation_id, None, start
+
+
 def without_ids(messages: Messages) -> Messages:
     """The messages with the encoded ids cut off the assistant turns: they are the gateway's
     bookkeeping, not words of the conversation, and must not reach the model when the
@@ -92,37 +122,50 @@ def without_ids(messages: Messages) -> Messages:
     cleaned = []
     for message in messages:
         text = content_text(message.get("content")) if message["role"] == "assistant" else ""
-        found = _trailing_id(text)
-        cleaned.append({**message, "content": text[:found[1]]} if found else message)
+        found = _reply_ids(text)
+        cleaned.append({**message, "content": text[:found[2]]} if found else message)
     return cleaned
 
 
-def find_conversation(messages: Messages) -> tuple[str, int] | None:
-    """(conversation id, index of the assistant message carrying it), newest first.
+@dataclass(frozen=True)
+class FoundConversation:
+    conversation_id: str
+    message_id: str | None  # the Dify message of the reply that carried the id (None: an older id)
+    index: int  # of that reply in the messages
 
-    Only the first reply of a conversation carries the id, so the newest assistant
-    message that has one is usually not the newest assistant message. Dify's conversation
-    ids are UUIDs and Dify refuses anything else with a 400, which would fail every later
-    turn of the chat (no 404, so no starting over): other readings are not ids.
+
+def find_conversation(messages: Messages) -> FoundConversation | None:
+    """The newest assistant message that carries a conversation id.
+
+    With ZERO_WIDTH_ID=first, or when a reply deliberately carries none (a JSON answer), the
+    newest assistant message that has one need not be the newest assistant message. Dify's
+    conversation ids are UUIDs and Dify refuses anything else with a 400, which would fail
+    every later turn of the chat (no 404, so no starting over): other readings are not ids.
     """
     for index in range(len(messages) - 1, -1, -1):
         message = messages[index]
         if message["role"] == "assistant":
-            conversation_id = decode_id(content_text(message.get("content")))
-            if conversation_id and is_conversation_id(conversation_id):
-                return conversation_id, index
+            found = _reply_ids(content_text(message.get("content")))
+            if found and is_conversation_id(found[0]):
+                return FoundConversation(found[0], found[1], index)
     return None
 
 
 class ZeroWidthMode:
     number = 2
 
+    def __init__(self, every_reply: bool = True) -> None:
+        """`every_reply`: ZERO_WIDTH_ID=every (the id on every reply) rather than first."""
+        self.every_reply = every_reply
+
     def prepare(self, messages: Messages) -> DifyTurn:
         found = find_conversation(messages)
         if found is not None:
             # Dify holds every turn up to the newest assistant reply: send what came after.
-            return DifyTurn(query=continuation_query(messages), conversation_id=found[0],
-                            files_from=after_newest_assistant(messages))
+            replies_after = sum(1 for message in messages[found.index + 1:] if message["role"] == "assistant")
+            expected_tail = (found.message_id, replies_after) if found.message_id else None
+            return DifyTurn(query=continuation_query(messages), conversation_id=found.conversation_id,
+                            files_from=after_newest_assistant(messages), expected_tail=expected_tail)
         if any(message["role"] == "assistant" for message in messages):
             return self.recover(messages)  # a history without an id (started elsewhere)
         return DifyTurn(query=stateless_query(messages), files_from=last_user_index(messages))
@@ -131,7 +174,7 @@ class ZeroWidthMode:
         """A new Dify conversation that starts with the whole history folded in."""
         return DifyTurn(query=fold_history(without_ids(messages)))
 
-    def reply_suffix(self, conversation_id: str | None, continued: str | None) -> str:
-        if conversation_id and continued is None:
-            return encode_id(conversation_id)
+    def reply_suffix(self, conversation_id: str | None, message_id: str | None, continued: str | None) -> str:
+        if conversation_id and (self.every_reply or continued is None):
+            return encode_reply_ids(conversation_id, message_id)
         return ""
