@@ -108,14 +108,21 @@ def url(text: str) -> Any:
     return text.rstrip("/")
 
 
-def aliases(text: str) -> tuple[tuple[str, str], ...]:
-    pairs = []
-    for item in comma_list(text) if text else ():
-        alias, _, target = item.partition("=")
-        if not alias.strip() or not target.strip():
-            raise ValueError(f"items must look like alias=model (not {item!r})")
-        pairs.append((alias.strip(), target.strip()))
-    return tuple(pairs)
+def pairs(left: str, right: str, allowed: tuple[str, ...] = ()) -> Callable[[str], Any]:
+    """A comma list of `left=right` items (right one of `allowed`, when given)."""
+
+    def parse(text: str) -> tuple[tuple[str, str], ...]:
+        items = []
+        for item in comma_list(text) if text else ():
+            key, _, value = (part.strip() for part in item.partition("="))
+            if not key or not value:
+                raise ValueError(f"items must look like {left}={right}")
+            if allowed and value not in allowed:
+                raise ValueError(f"items must end in ={' or ='.join(allowed)}")
+            items.append((key, value))
+        return tuple(items)
+
+    return parse
 
 
 def log_level(text: str) -> Any:
@@ -170,10 +177,14 @@ SETTINGS: tuple[Setting, ...] = (
             "a trusted request header that names the Dify user (e.g. X-OpenWebUI-User-Id)"),
     Setting("MODEL_ID_STYLE", "model_id_style", choice("exact", "slug"), "exact",
             "model ids: the exact Dify app names (spaces kept), or slugs (spaces and / as -)"),
-    Setting("MODEL_ALIASES", "model_aliases", aliases, (),
+    Setting("MODEL_ALIASES", "model_aliases", pairs("alias", "model"), (),
             "comma list of alias=model, e.g. gpt-4o-mini=my-app"),
     Setting("DEFAULT_MODEL", "default_model", text_or_none, None,
             "model that serves any unknown model name (empty: unknown names are 404)"),
+    Setting("TOOL_CALLING", "tool_calling", choice("prompt", "off"), "prompt",
+            "requests' tools: described in the query and parsed from the answer (prompt), or ignored (off)"),
+    Setting("TOOL_CALLING_BY_MODEL", "tool_calling_by_model", pairs("model", "mode", ("prompt", "off")), (),
+            "per-model TOOL_CALLING, comma list of model=prompt|off"),
     Setting("THINK_TAGS", "think_tags", choice("reasoning", "content"), "reasoning",
             "<think> text as reasoning_content (reasoning) or kept in the content (content)"),
     Setting("AGENT_THOUGHTS", "agent_thoughts", choice("reasoning", "tool_calls", "hidden"), "reasoning",
@@ -233,6 +244,8 @@ class Settings:
     model_id_style: str
     model_aliases: tuple[tuple[str, str], ...]
     default_model: str | None
+    tool_calling: str
+    tool_calling_by_model: tuple[tuple[str, str], ...]
     think_tags: str
     agent_thoughts: str
     workflow_progress: bool

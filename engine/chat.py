@@ -63,6 +63,11 @@ class ChatCall:
         self.app: DifyApp = gateway.registry.resolve(chat.model)
         self.memory: MemoryMode = gateway.memory if self.app.has_conversations else gateway.memory_without_conversations
         self.explicit = bool(caller.conversation_id and self.app.has_conversations)  # the client names the conversation
+        self.tools = chat.tools if gateway.prompts_tools(self.app) else None
+        if chat.tools and not self.tools and chat.tools.choice != "auto":
+            param = "function_call" if chat.tools.legacy else "tool_choice"
+            raise invalid_request(f"The model `{chat.model}` takes no tools (TOOL_CALLING=off), so '{param}' cannot "
+                                  "require a call.", param=param, code="tools_not_supported")
 
     def first_turn(self) -> tuple[DifyTurn, bool]:
         """The Dify turn to send, and whether a vanished conversation may be replaced."""
@@ -111,9 +116,9 @@ class ChatCall:
         chat, gateway = self.chat, self.gateway
         instructions = [turn.query]
         stages: list[TextStage] = [ThinkSplitter(keep_tags=gateway.settings.think_tags == "content")]
-        if chat.tools:
-            instructions.append(tool_instructions(chat.tools))
-            stages.append(ToolCallParser(chat.tools))
+        if self.tools:
+            instructions.append(tool_instructions(self.tools))
+            stages.append(ToolCallParser(self.tools))
         if chat.response_format:
             instructions.append(json_instructions(chat.response_format))
             stages.append(JsonAnswer())

@@ -46,6 +46,15 @@ class Gateway:
                                                                     conversations=False)
         self._timing = RelayTiming(settings.keepalive_interval, settings.stream_deadline)
 
+    def prompts_tools(self, app: DifyApp) -> bool:
+        """Whether requests' tools are described to `app` and parsed from its answers
+        (TOOL_CALLING, per model TOOL_CALLING_BY_MODEL; a name there may be any form of the app's)."""
+        for model, mode in self.settings.tool_calling_by_model:
+            found = self.registry.model(model)
+            if found is not None and found[1].key == app.key:
+                return mode == "prompt"
+        return self.settings.tool_calling == "prompt"
+
     def translator(self, app: DifyApp, *, with_reasoning: bool) -> DifyEventTranslator:
         """A translator for one run. `with_reasoning`: the rendering carries reasoning (chat), so
         agent thoughts (AGENT_THOUGHTS) and workflow progress (WORKFLOW_PROGRESS) go into it."""

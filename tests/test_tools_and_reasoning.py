@@ -43,11 +43,8 @@ TIME = {"type": "function", "function": {
     "parameters": {"type": "object", "properties": {"tz": {"type": "string"}}, "required": ["tz"]}}}
 
 CALL_ID = re.compile(r"call_[A-Za-z0-9]{24}")
-TOOLS_HEADING = "\n\n# Tools\n\nYou can call these functions:\n"
-WEATHER_LINES = ("- get_weather: Weather forecast for a city.\n"
-                 '  Parameters (JSON schema): {"type":"object","properties":{"city":{"type":"string"},'
-                 '"days":{"type":"integer"}}}\n'
-                 "  Required: city\n")
+TOOLS_HEADING = "\n\n# Tools\n\nYou can call these functions (`?`: optional parameter):\n"
+WEATHER_LINES = "- get_weather(city: string, days?: integer): Weather forecast for a city.\n"
 CALL_FORMAT = ('<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>\n')
 AUTO_RULE = "Call a function only when it helps; otherwise answer normally, without any <tool_call> block."
 REQUIRED_RULE = "You must call at least one function in this answer."
@@ -296,7 +293,7 @@ def test_named_tool_choice_offers_only_that_function_and_requires_it(client, rec
     assert (call.function.name, call.function.arguments) == ("get_time", '{"tz":"Asia/Tokyo"}')
     query = only_query(recorded)
     assert query.endswith("\nYou must call the function get_time in this answer.")
-    assert "- get_time: Current time in a time zone.\n" in query and "get_weather" not in query
+    assert "- get_time(tz: string): Current time in a time zone.\n" in query and "get_weather" not in query
 
 
 def test_required_tool_choice_puts_the_rule_in_the_query(client, recorded):
@@ -305,7 +302,7 @@ def test_required_tool_choice_puts_the_rule_in_the_query(client, recorded):
     assert completion.choices[0].finish_reason == "tool_calls"
     query = only_query(recorded)
     assert query.endswith("\n" + REQUIRED_RULE) and AUTO_RULE not in query
-    assert WEATHER_LINES in query and "- get_time: Current time in a time zone.\n" in query
+    assert WEATHER_LINES in query and "- get_time(tz: string): Current time in a time zone.\n" in query
 
 
 def test_think_block_before_a_call_is_reasoning(client):

@@ -178,7 +178,7 @@ _SCHEMA_NOISE = ("title", "$schema")  # pydantic puts a title on every property:
 
 def tool_instructions(request: ToolRequest) -> str:
     """Instructions appended to the query: the functions, the call syntax, the choice rule."""
-    lines = ["# Tools", "", "You can call these functions:"]
+    lines = ["# Tools", "", "You can call these functions (`?`: optional parameter):"]
     for tool in request.tools:
         lines.extend(_describe_tool(tool))
     lines += ["", _CALL_FORMAT, _SEVERAL if request.parallel else _AT_MOST_ONE, _RESULTS, _choice_rule(request)]
@@ -192,22 +192,83 @@ def _choice_rule(request: ToolRequest) -> str:
 
 
 def _describe_tool(tool: ToolSpec) -> list[str]:
+    """One function as a signature, `- name(city: string, days?: integer = 1): description`,
+    then a line with what each parameter means.
+
+    Far shorter than the JSON schema (front ends such as Open WebUI attach dozens of tools to
+    every turn, and the app pays for every character), and it says the same: `?` marks an
+    optional parameter, a type the schema's JSON type (`string[]` an array of strings, `a | b`
+    a choice of types or values), `= value` the default; constraints a type cannot say
+    (bounds, patterns, nested objects) follow it as minified JSON schema.
+    """
     description = " ".join(tool.description.split())
-    lines = [f"- {tool.name}: {description}" if description else f"- {tool.name}"]
     schema = _trim_schema(tool.parameters)
-    if not _has_parameters(schema):
-        lines.append('  Parameters: none (use "arguments": {})')
-        return lines
-    required = schema.pop("required", None)
-    lines.append(f"  Parameters (JSON schema): {compact(schema)}")
-    if isinstance(required, list) and required:
-        lines.append(f"  Required: {', '.join(str(name) for name in required)}")
+    properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+    required = schema.get("required") if isinstance(schema.get("required"), list) else []
+    extra = {key: value for key, value in schema.items() if key not in _OBJECT_KEYS}
+    signature = ", ".join(_parameter(name, spec, name in required) for name, spec in properties.items())
+    head = f"- {tool.name}({signature})"
+    lines = [f"{head}: {description}" if description else head]
+    notes = [f"{name}: {' '.join(spec['description'].split())}" for name, spec in properties.items()
+             if isinstance(spec, dict) and isinstance(spec.get("description"), str) and spec["description"].strip()]
+    if notes:
+        lines.append("  " + "; ".join(notes))
+    if extra:  # definitions the parameters refer to, or a schema that is not a plain object
+        lines.append(f"  Arguments schema: {compact(extra)}")
     return lines
 
 
-def _has_parameters(schema: dict) -> bool:
-    ignored = ("type", "properties", "required", "additionalProperties")
-    return any(key not in ignored for key in schema) or bool(schema.get("properties"))
+# Keys of the arguments' object schema that the signature itself says.
+_OBJECT_KEYS = ("type", "properties", "required", "additionalProperties")
+# Keys of a parameter's schema that its type text says (or its description line).
+_TYPE_KEYS = ("type", "enum", "const", "items", "anyOf", "oneOf", "default", "description")
+
+
+def _parameter(name: str, spec: Any, required: bool) -> str:
+    text = f"{name}{'' if required else '?'}: "
+    if not isinstance(spec, dict):
+        return text + compact(spec)
+    type_text = _type_text(spec)
+    if type_text is None:  # more than a type: the schema itself
+        text += compact({key: value for key, value in spec.items() if key not in ("description", "default")})
+        rest = {}
+    else:
+        text += type_text
+        rest = {key: value for key, value in spec.items() if key not in _TYPE_KEYS}
+    if spec.get("default") is not None:
+        text += f" = {compact(spec['default'])}"
+    return f"{text} {compact(rest)}" if rest else text
+
+
+def _type_text(spec: dict) -> str | None:
+    """A schema's type as a short text: `string`, `integer | null`, `"c" | "f"`, `string[]`;
+    None when the schema is more than a type."""
+    if isinstance(spec.get("enum"), list) and spec["enum"]:
+        return " | ".join(compact(value) for value in spec["enum"])
+    if "const" in spec:
+        return compact(spec["const"])
+    kind = spec.get("type")
+    choices = spec.get("anyOf") or spec.get("oneOf")
+    if kind is None and isinstance(choices, list) and choices and all(map(_is_plain_type, choices)):
+        return " | ".join(str(_type_text(choice)) for choice in choices)
+    if kind == "array":
+        return f"{_type_text(spec['items'])}[]" if _is_plain_type(spec.get("items")) else None
+    if kind == "object":
+        return None if "properties" in spec else kind
+    if isinstance(kind, str):
+        return kind
+    if isinstance(kind, list) and kind and all(isinstance(item, str) for item in kind):
+        return " | ".join(kind)
+    return None
+
+
+def _is_plain_type(spec: Any) -> bool:
+    """A schema that is nothing but a type (or an array of one): its type text says all."""
+    if not isinstance(spec, dict) or not spec:
+        return False
+    if set(spec) <= {"type"} and isinstance(spec.get("type"), str) and spec["type"] != "array":
+        return True
+    return set(spec) <= {"type", "items"} and spec.get("type") == "array" and _is_plain_type(spec.get("items"))
 
 
 def _trim_schema(node: Any) -> Any:
