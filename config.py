@@ -185,6 +185,8 @@ SETTINGS: tuple[Setting, ...] = (
             "requests' tools: described in the query and parsed from the answer (prompt), or ignored (off)"),
     Setting("TOOL_CALLING_BY_MODEL", "tool_calling_by_model", pairs("model", "mode", ("prompt", "off")), (),
             "per-model TOOL_CALLING, comma list of model=prompt|off"),
+    Setting("CITATIONS", "citations", choice("field", "markdown", "off"), "field",
+            "knowledge-base sources of an answer: a citations field, a Sources list in the text, or off"),
     Setting("THINK_TAGS", "think_tags", choice("reasoning", "content"), "reasoning",
             "<think> text as reasoning_content (reasoning) or kept in the content (content)"),
     Setting("AGENT_THOUGHTS", "agent_thoughts", choice("reasoning", "tool_calls", "hidden"), "reasoning",
@@ -246,6 +248,7 @@ class Settings:
     default_model: str | None
     tool_calling: str
     tool_calling_by_model: tuple[tuple[str, str], ...]
+    citations: str
     think_tags: str
     agent_thoughts: str
     workflow_progress: bool

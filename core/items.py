@@ -17,6 +17,7 @@ is a `(kind, value)` tuple, cheap on the per-event hot path; the kinds and their
 | AGENT_TOOL_CALL | {"id", "name", "arguments"}: a tool that already ran on Dify | agent thoughts |
 | AGENT_TOOL_RESULT | {"id", "name", "content"} | agent thoughts |
 | TOOL_CALL | a ToolCall the client is asked to make | tool-call parser |
+| CITATIONS | [{"index", "document", "dataset", "score", "excerpt", ...}]: knowledge the answer used | translator |
 
 Only this module defines kinds; every other module imports them from here. It also names the
 other values several stages must agree on: the usage keys and memory mode 2's zero-width
@@ -39,6 +40,7 @@ THINK_TAG = "think_tag"
 AGENT_TOOL_CALL = "agent_tool_call"
 AGENT_TOOL_RESULT = "agent_tool_result"
 TOOL_CALL = "tool_call"
+CITATIONS = "citations"
 
 PING_ITEM: Item = (PING, None)
 

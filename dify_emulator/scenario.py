@@ -55,6 +55,7 @@ class Scenario:
     chatflow_order: str | None = None
     tts: bool = False
     usage: dict[str, Any] | None = None
+    retriever_resources: list[dict[str, Any]] | None = None
 
 
 _INT_KEYS = {
@@ -154,7 +155,7 @@ def _coerce(key: str, value: Any) -> Any:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ValueError
             return list(value)
-        if key == "agent_steps":
+        if key in ("agent_steps", "retriever_resources"):
             if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
                 raise ValueError
             return value

@@ -138,7 +138,7 @@ class ChatPlan:
         metadata: dict[str, Any] = {}
         if blocking:
             metadata["annotation_reply"] = None
-        metadata["retriever_resources"] = []
+        metadata["retriever_resources"] = self.ctx.scenario.retriever_resources or []
         metadata["usage"] = self.ctx.usage(len(sent))
         if self.ctx.modern:
             metadata["reasoning"] = {}
@@ -438,7 +438,7 @@ class ChatflowPlan(_WorkflowEvents, ChatPlan):
     def metadata(self, sent: list[str], blocking: bool = False) -> dict[str, Any]:
         metadata: dict[str, Any] = {
             "annotation_reply": None,
-            "retriever_resources": [],
+            "retriever_resources": self.ctx.scenario.retriever_resources or [],
             "usage": self.ctx.usage(len(sent), timing=self.ctx.modern),
         }
         if self.ctx.modern:

@@ -126,7 +126,7 @@ class ChatCall:
             stages.append(StopSequences(list(chat.stop)))
         payload = dify_payload(self.app, text="\n\n".join(instructions), conversation_id=turn.conversation_id,
                                user=self.caller.dify_user, inputs=chat.inputs, files=files)
-        translator = gateway.translator(self.app, with_reasoning=True)
+        translator = gateway.translator(self.app, with_reasoning=True, json_answer=bool(chat.response_format))
         memory, continued = self.memory, turn.conversation_id  # (not `turn`: a held stream must not keep the prompt)
         # An answer that must parse as JSON carries no ids, nor does one in a conversation the client
         # names itself; the X-Dify-Conversation-Id header still does.

@@ -55,14 +55,20 @@ class Gateway:
                 return mode == "prompt"
         return self.settings.tool_calling == "prompt"
 
-    def translator(self, app: DifyApp, *, with_reasoning: bool) -> DifyEventTranslator:
-        """A translator for one run. `with_reasoning`: the rendering carries reasoning (chat), so
-        agent thoughts (AGENT_THOUGHTS) and workflow progress (WORKFLOW_PROGRESS) go into it."""
-        if not with_reasoning:
-            return DifyEventTranslator(app.mode, file_origin=self.dify.origin)
+    def translator(self, app: DifyApp, *, with_reasoning: bool, json_answer: bool = False) -> DifyEventTranslator:
+        """A translator for one run. `with_reasoning`: the rendering carries reasoning and
+        citations (chat), so agent thoughts (AGENT_THOUGHTS), workflow progress
+        (WORKFLOW_PROGRESS) and the citations field (CITATIONS) go into it; `json_answer`: the
+        answer must parse as JSON."""
+        citations = self.settings.citations
+        if citations == "markdown" and json_answer:
+            citations = "off"  # a Sources list after the JSON would keep it from parsing
+        if not with_reasoning:  # text completions: only text, so citations only as a Sources list
+            return DifyEventTranslator(app.mode, file_origin=self.dify.origin,
+                                       citations="markdown" if citations == "markdown" else "off")
         mode = self.settings.agent_thoughts
         thoughts = None if mode == "hidden" else AgentThoughts(mode)
-        return DifyEventTranslator(app.mode, thoughts, self.dify.origin, self.settings.workflow_progress)
+        return DifyEventTranslator(app.mode, thoughts, self.dify.origin, self.settings.workflow_progress, citations)
 
     def pacer(self, stream: bool) -> SmoothPacer | None:
         """The smooth-output pacer for a stream (SMOOTH_OUTPUT); JSON bodies are not paced."""

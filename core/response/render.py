@@ -17,6 +17,7 @@ from core.errors import OpenAIError
 from core.items import (
     AGENT_TOOL_CALL,
     AGENT_TOOL_RESULT,
+    CITATIONS,
     END,
     ERROR,
     PING,
@@ -132,6 +133,8 @@ class ChatChunkEncoder(_ChunkEncoder):
             return self._tool_call(value["id"], value["name"], value["arguments"], False)
         if kind == AGENT_TOOL_RESULT:
             return self._choice({"delta": {"reasoning_content": agent_result_text(value)}}, None)
+        if kind == CITATIONS:  # CITATIONS=field: on the last content chunk, before the finish chunk
+            return self._choice({"delta": {"content": "", "citations": value}}, None)
         return b""
 
     def _tool_call(self, call_id: str, name: str, arguments: str, legacy: bool) -> bytes:
@@ -232,6 +235,7 @@ class ChoiceCollector:
         self._parts: list[str] = [prefix] if prefix else []
         self._reasoning: list[str] = []
         self.tool_calls: list[dict[str, Any]] = []
+        self.citations: list[dict[str, Any]] = []
         self.finish_reason = "stop"
         self.usage: dict[str, int] | None = None
 
@@ -246,6 +250,8 @@ class ChoiceCollector:
             self.tool_calls.append(_call_object(value["id"], value["name"], value["arguments"]))
         elif kind == AGENT_TOOL_RESULT:
             self._reasoning.append(agent_result_text(value))
+        elif kind == CITATIONS:
+            self.citations += value
         elif kind == REPLACE:
             self._parts = [value]
             self.finish_reason = "content_filter"
@@ -268,6 +274,8 @@ class ChoiceCollector:
         message: dict[str, Any] = {"role": "assistant", "content": self.text, "refusal": None}
         if self.reasoning:
             message["reasoning_content"] = self.reasoning
+        if self.citations:
+            message["citations"] = self.citations
         if self.tool_calls:
             if not self.text.strip():
                 message["content"] = None  # OpenAI's shape for a message that only calls tools

@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from core.errors import from_dify_error, server_error
-from core.items import END, ERROR, PING_ITEM, REASONING, REPLACE, TEXT, USAGE_KEYS, Item
+from core.items import CITATIONS, END, ERROR, PING_ITEM, REASONING, REPLACE, TEXT, USAGE_KEYS, Item
 from core.response.reasoning import AgentThoughts
 
 
@@ -40,18 +40,57 @@ def outputs_text(outputs: Any) -> str:
     return json.dumps(outputs, ensure_ascii=False)
 
 
+def citation_from_dify(resource: Any) -> dict[str, Any] | None:
+    """One citation from a Dify retriever resource: the document, its dataset, the segment,
+    its relevance score and the excerpt the answer drew on (absent fields left out)."""
+    if not isinstance(resource, dict):
+        return None
+    fields = {
+        "index": resource.get("position"),
+        "document": resource.get("document_name"),
+        "document_id": resource.get("document_id"),
+        "dataset": resource.get("dataset_name"),
+        "dataset_id": resource.get("dataset_id"),
+        "segment_id": resource.get("segment_id"),
+        "score": resource.get("score"),
+        "page": resource.get("page"),
+        "excerpt": resource.get("content"),
+    }
+    citation = {name: value for name, value in fields.items() if value not in (None, "")}
+    return citation if citation.get("document") or citation.get("excerpt") else None
+
+
+_EXCERPT_CHARS = 200
+
+
+def sources_text(citations: list[dict[str, Any]]) -> str:
+    """CITATIONS=markdown: a Sources list after the answer, one line per cited segment."""
+    lines = ["", "", "**Sources**", ""]
+    for number, citation in enumerate(citations, 1):
+        name = citation.get("document") or "document"
+        where = f" ({citation['dataset']})" if citation.get("dataset") else ""
+        excerpt = " ".join(str(citation.get("excerpt") or "").split())
+        if len(excerpt) > _EXCERPT_CHARS:
+            excerpt = excerpt[:_EXCERPT_CHARS].rsplit(" ", 1)[0] + "…"
+        lines.append(f"{number}. {name}{where}" + (f": {excerpt}" if excerpt else ""))
+    return "\n".join(lines)
+
+
 class DifyEventTranslator:
     """State of one Dify stream, for every app mode."""
 
     def __init__(self, app_mode: str, thoughts: AgentThoughts | None = None, file_origin: str = "",
-                 node_progress: bool = False) -> None:
+                 node_progress: bool = False, citations: str = "off") -> None:
         """`thoughts` renders agent apps' tool steps (None: they are not shown); relative
         file URLs are made absolute with `file_origin`; `node_progress` shows each chatflow
-        or workflow node as it starts, as reasoning."""
+        or workflow node as it starts, as reasoning; `citations` (CITATIONS) turns the
+        knowledge an answer used into a CITATIONS item (`field`) or a Sources list at the
+        end of the text (`markdown`)."""
         self.app_mode = app_mode
         self._thoughts = thoughts
         self._file_origin = file_origin
         self._node_progress = node_progress
+        self._citations = citations
         self.task_id: str | None = None
         self.conversation_id: str | None = None
         self.message_id: str | None = None  # the Dify message of a chat-family answer
@@ -86,8 +125,9 @@ class DifyEventTranslator:
         if name == "text_replace":
             return [(REPLACE, str((event.get("data") or {}).get("text") or ""))]
         if name == "message_end":
-            self.usage = usage_from_dify((event.get("metadata") or {}).get("usage"))
-            return self._end("stop")
+            metadata = event.get("metadata") or {}
+            self.usage = usage_from_dify(metadata.get("usage"))
+            return self._cited(metadata.get("retriever_resources")) + self._end("stop")
         if name == "error":
             self.finished = True
             return [(ERROR, from_dify_error(400, event))]
@@ -135,6 +175,18 @@ class DifyEventTranslator:
         # Text the End node streamed is the answer; otherwise it is in the outputs.
         answer = "" if self._text_seen else outputs_text(data.get("outputs"))
         return ([(TEXT, answer)] if answer else []) + self._end("stop")
+
+    def _cited(self, resources: Any) -> list[Item]:
+        """The knowledge-base segments the answer used (message_end.metadata.retriever_resources,
+        docs/dify.md 4.7), as CITATIONS wants them."""
+        if self._citations == "off" or self.finished or not isinstance(resources, list):
+            return []
+        cited = [citation for resource in resources if (citation := citation_from_dify(resource))]
+        if not cited:
+            return []
+        if self._citations == "markdown":
+            return [(TEXT, sources_text(cited))]
+        return [(CITATIONS, cited)]
 
     def _end(self, finish_reason: str) -> list[Item]:
         if self.finished:
