@@ -35,6 +35,20 @@ class DifyApp:
     def has_conversations(self) -> bool:
         return self.mode in CHAT_MODES
 
+    @property
+    def allowed_file_types(self) -> frozenset[str] | None:
+        """The Dify file types (image, document, audio, video) a call may carry, from the app's
+        `file_upload` settings (docs/dify.md 9.2); None when any may, or upload is off (Dify
+        then drops files without a word). An app with only the legacy image setting takes images."""
+        upload = self.parameters.get("file_upload")
+        if not isinstance(upload, dict):
+            return None
+        if upload.get("enabled"):
+            allowed = upload.get("allowed_file_types")
+            return frozenset(allowed) if isinstance(allowed, list) and allowed else None
+        image = upload.get("image")
+        return frozenset({"image"}) if isinstance(image, dict) and image.get("enabled") else None
+
     def input_form(self) -> list[tuple[str, dict[str, Any]]]:
         """`/parameters` user_input_form as (field type, field config) pairs."""
         form = []

@@ -27,7 +27,7 @@ _IMAGE_SETTINGS = {"number_limits": 3, "detail": "high", "transfer_methods": ["r
 
 CHAT_FILE_UPLOAD = {
     "enabled": True,
-    "allowed_file_types": ["image", "document"],
+    "allowed_file_types": ["image", "document", "audio"],
     "allowed_file_extensions": [],
     "allowed_file_upload_methods": ["local_file", "remote_url"],
     "number_limits": 3,
@@ -122,6 +122,14 @@ class App:
     def file_upload_enabled(self) -> bool:
         """Dify drops request files silently unless file upload is enabled."""
         return bool(self.file_upload.get("enabled") or self.file_upload.get("image", {}).get("enabled"))
+
+    def allowed_file_types(self) -> set[str] | None:
+        """The file types a call may carry, as Dify's file factory checks them (None: any);
+        an app with only the legacy image setting takes images."""
+        if self.file_upload.get("enabled"):
+            allowed = self.file_upload.get("allowed_file_types")
+            return set(allowed) if allowed else None
+        return {"image"} if self.file_upload.get("image", {}).get("enabled") else None
 
     def form_variables(self) -> list[tuple[str, dict[str, Any]]]:
         """The input form as (type, settings) pairs, in form order."""

@@ -256,5 +256,9 @@ def resolve_files(state: State, app: App, user: str, files: list[Any]) -> list[d
             entry.update(filename=str(url).rsplit("/", 1)[-1], url=url, mime_type=None, size=-1, upload_file_id=None)
         else:
             raise invalid_param(f"Invalid transfer method: {method}")
+        allowed = app.allowed_file_types()
+        if allowed is not None and entry["type"] != "custom" and entry["type"] not in allowed:
+            # Dify's file factory raises a ValueError, which the service API answers as invalid_param.
+            raise invalid_param(f"File validation failed for file: {entry['filename']}")
         resolved.append(entry)
     return resolved

@@ -109,7 +109,8 @@ class ChatCall:
     def relays(self, turn: DifyTurn) -> list[Relay]:
         """One started run per choice; the turn's files are uploaded once for all of them."""
         upload = partial(self.gateway.dify.upload, self.app.key, self.caller.dify_user)
-        files = dify_files(self.chat.messages, turn.files_from, upload, self.gateway.settings.max_upload_bytes)
+        files = dify_files(self.chat.messages, turn.files_from, upload, self.gateway.settings.max_upload_bytes,
+                           self.app.allowed_file_types)
         return [self._relay(turn, files) for _ in range(self.chat.n)]
 
     def _relay(self, turn: DifyTurn, files: list[dict[str, Any]]) -> Relay:

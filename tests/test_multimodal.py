@@ -7,7 +7,9 @@ import hashlib
 
 import openai
 import pytest
+import requests
 
+from dify_emulator.control import start_emulator
 from tests.conftest import CLIENT_KEY
 from tests.test_chat_completions import EXPECTED_USER
 from tests.test_http_surface import assert_openai_error
@@ -105,3 +107,55 @@ def test_mode_2_sends_only_the_new_turns_files(start_gateway, recorded):
     assert [f["url"] for f in first_call["files"]] == ["https://example.invalid/1.png"]
     assert [f["url"] for f in second_call["files"]] == ["https://example.invalid/2.png"]
     assert second_call["conversation_id"] and second_call["query"] == "second"
+
+
+IMAGE_ONLY_APPS = [
+    {"key": "app-images", "name": "images-only", "mode": "chat",
+     "file_upload": {"enabled": True, "allowed_file_types": ["image"], "allowed_file_extensions": [],
+                     "allowed_file_upload_methods": ["local_file", "remote_url"], "number_limits": 3}},
+    {"key": "app-legacy-images", "name": "legacy-images", "mode": "chat",
+     "file_upload": {"image": {"enabled": True, "number_limits": 3, "detail": "high",
+                               "transfer_methods": ["remote_url", "local_file"]}}},
+]
+AUDIO_PART = {"type": "input_audio", "input_audio": {"data": base64.b64encode(b"RIFF....WAVE").decode(),
+                                                     "format": "wav"}}
+
+
+@pytest.fixture(scope="module")
+def image_only_dify():
+    with start_emulator(apps=IMAGE_ONLY_APPS) as emulator:
+        yield emulator
+
+
+@pytest.mark.parametrize("model", ["images-only", "legacy-images"])
+def test_a_file_type_the_app_does_not_take_is_refused_before_any_upload(start_gateway, image_only_dify, model):
+    gateway = start_gateway(DIFY_API_BASE=image_only_dify.base_url, DIFY_API_KEYS="app-images,app-legacy-images")
+    image_only_dify.reset()
+    image = {"type": "image_url", "image_url": {"url": data_url("image/png", PNG)}}
+    body = {"model": model, "messages": [{"role": "user", "content": [{"type": "text", "text": "x"}, image,
+                                                                      AUDIO_PART]}]}
+    response = requests.post(gateway.base_url + "/chat/completions", json=body, timeout=30,
+                             headers={"Authorization": f"Bearer {CLIENT_KEY}"})
+    error = assert_openai_error(response, 400, "unsupported_file_type", "messages[0].content[2]")
+    assert error["message"] == ("'messages[0].content[2]' is a file of type audio, which this Dify app does not take "
+                                "(its file upload allows: image).")
+    assert records(image_only_dify, "/v1/files/upload") == [] and records(image_only_dify, "/v1/chat-messages") == []
+    # Images still go through.
+    body["messages"][0]["content"].pop()
+    response = requests.post(gateway.base_url + "/chat/completions", json=body, timeout=30,
+                             headers={"Authorization": f"Bearer {CLIENT_KEY}"})
+    assert response.status_code == 200
+    [call] = records(image_only_dify, "/v1/chat-messages")
+    assert [file["type"] for file in call["json"]["files"]] == ["image"]
+
+
+def test_the_emulator_refuses_a_file_type_the_app_does_not_take_as_dify_does(image_only_dify):
+    headers = {"Authorization": "Bearer app-images"}
+    upload = requests.post(image_only_dify.base_url + "/files/upload", headers=headers, timeout=10,
+                           data={"user": "u"}, files={"file": ("a.wav", b"RIFF....WAVE", "audio/wav")}).json()
+    response = requests.post(image_only_dify.base_url + "/chat-messages", headers=headers, timeout=10, json={
+        "query": "x", "inputs": {}, "user": "u", "response_mode": "blocking",
+        "files": [{"type": "audio", "transfer_method": "local_file", "upload_file_id": upload["id"]}]})
+    assert response.status_code == 400
+    assert response.json() == {"code": "invalid_param", "message": "File validation failed for file: a.wav",
+                               "status": 400}

@@ -48,10 +48,14 @@ def dify_file_type(mime_type: str) -> str:
     return "custom"
 
 
-def dify_files(messages: list[dict[str, Any]], first_index: int, upload: Uploader, max_bytes: int
-               ) -> list[dict[str, Any]]:
-    """Dify `files` for the file parts of the user messages from `first_index` on."""
-    files = []
+def dify_files(messages: list[dict[str, Any]], first_index: int, upload: Uploader, max_bytes: int,
+               allowed_types: frozenset[str] | None = None) -> list[dict[str, Any]]:
+    """Dify `files` for the file parts of the user messages from `first_index` on.
+
+    Every part is decoded and checked first, so a bad one is refused before anything is
+    uploaded; `allowed_types` (the app's `file_upload` setting) refuses a type Dify would
+    refuse too ("File validation failed"), naming the part."""
+    found: list[tuple[str, dict[str, Any] | Upload]] = []
     for index in range(first_index, len(messages)):
         message = messages[index]
         content = message.get("content")
@@ -59,11 +63,21 @@ def dify_files(messages: list[dict[str, Any]], first_index: int, upload: Uploade
             continue
         for part_index, part in enumerate(content):
             if part.get("type") in FILE_PART_TYPES:
-                files.append(_dify_file(part, f"messages[{index}].content[{part_index}]", upload, max_bytes))
-    return files
+                param = f"messages[{index}].content[{part_index}]"
+                found.append((param, _decoded_file(part, param, max_bytes)))
+    for param, file in found:
+        file_type = file["type"] if isinstance(file, dict) else dify_file_type(file.mime_type)
+        if allowed_types is not None and file_type not in allowed_types and file_type != "custom":
+            raise invalid_request(f"'{param}' is a file of type {file_type}, which this Dify app does not take (its "
+                                  f"file upload allows: {', '.join(sorted(allowed_types))}).", param=param,
+                                  code="unsupported_file_type")
+    return [file if isinstance(file, dict) else {"type": dify_file_type(file.mime_type),
+                                                 "transfer_method": "local_file", "upload_file_id": upload(file)}
+            for _, file in found]
 
 
-def _dify_file(part: dict[str, Any], param: str, upload: Uploader, max_bytes: int) -> dict[str, Any]:
+def _decoded_file(part: dict[str, Any], param: str, max_bytes: int) -> dict[str, Any] | Upload:
+    """A remote image as its Dify reference, any other file part as the Upload it needs."""
     kind = part["type"]
     body = part.get(kind)
     if not isinstance(body, dict):
@@ -77,13 +91,10 @@ def _dify_file(part: dict[str, Any], param: str, upload: Uploader, max_bytes: in
         mime_type, data = _decode_data_url(url, param, max_bytes)
         if not mime_type.startswith("image/"):
             raise invalid_request(f"'{param}' is not an image ({mime_type}).", param=param, code="invalid_image")
-        upload_file = Upload(f"image{_extension(mime_type)}", mime_type, data)
-    elif kind == "file":
-        upload_file = _file_upload(body, param, max_bytes)
-    else:
-        upload_file = _audio_upload(body, param, max_bytes)
-    return {"type": dify_file_type(upload_file.mime_type), "transfer_method": "local_file",
-            "upload_file_id": upload(upload_file)}
+        return Upload(f"image{_extension(mime_type)}", mime_type, data)
+    if kind == "file":
+        return _file_upload(body, param, max_bytes)
+    return _audio_upload(body, param, max_bytes)
 
 
 def _file_upload(body: dict[str, Any], param: str, max_bytes: int) -> Upload:
