@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .apps import App
-from .scenario import Scenario
+from .scenario import Scenario, split_words
 from .sse import EventEncoder
 from .usage import compute_usage
 
@@ -172,8 +172,9 @@ class ChatPlan:
 
 
 class AgentPlan(ChatPlan):
-    """agent-chat: agent_thought upserts per iteration, message_file events for tool
-    files, then the final iteration's `agent_message` deltas and message_end."""
+    """agent-chat: agent_thought upserts per iteration (each tool-calling iteration's text first
+    as `agent_message` deltas), message_file events for tool files, then the final
+    iteration's `agent_message` deltas and message_end."""
 
     text_event = "agent_message"
 
@@ -210,7 +211,9 @@ class AgentPlan(ChatPlan):
             observation = json.dumps({tool: step.get("observation", "")}, ensure_ascii=False) if tool else ""
             labels = {tool: {"en_US": tool, "zh_Hans": tool}} if tool else {}
             events.append(self._thought(thought_id, position))
-            events.append(self.text(""))
+            # The model's text before it calls the tool streams as agent_message (often empty),
+            # and the thought repeats it (docs/dify.md 4.6).
+            events += [self.text(piece) for piece in split_words(thought) or [""]]
             called = {"thought": thought, "tool": tool, "tool_labels": labels, "tool_input": tool_input}
             events.append(self._thought(thought_id, position, **called))
             file_ids = []

@@ -25,8 +25,10 @@ from langchain_core.messages import HumanMessage, ToolMessage
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
 
-from core.items import ZERO_WIDTH_DIGITS, ZERO_WIDTH_SEPARATOR
+from core.items import REASONING, ZERO_WIDTH_DIGITS, ZERO_WIDTH_SEPARATOR
 from core.request.memory_modes.zero_width import decode_id
+from core.response.reasoning import AgentThoughts
+from core.response.translate import DifyEventTranslator
 from tests.conftest import CLIENT_KEY
 from tests.scenarios import chat_requests, directive, user_message
 
@@ -695,17 +697,31 @@ def test_agent_thoughts_default_to_reasoning(client, gateway):
     assert "".join(replay.reasoning) == AGENT_REASONING and replay.text == "You said: what time is it"
 
 
-def test_agent_steps_with_thoughts_and_inputs_as_reasoning(client):
-    steps = [{"thought": "I need the time.", "tool": "current_time", "tool_input": {"tz": "UTC"},
-              "observation": "10:00"},
-             {"thought": "Now the date.", "tool": "current_date", "tool_input": {}, "observation": "2025-01-01"}]
-    completion = client.chat.completions.create(
-        model="demo-agent", messages=user_message("when?", agent_steps=steps, answer="It is 10:00 on 2025-01-01."))
-    message = completion.choices[0].message
-    assert message.content == "It is 10:00 on 2025-01-01."
-    assert message.reasoning_content == (
-        'I need the time.\nCalling tool current_time with {"tz": "UTC"}\ncurrent_time returned: 10:00\n'
-        "Now the date.\nCalling tool current_date with {}\ncurrent_date returned: 2025-01-01\n")
+AGENT_STEPS = [{"thought": "I need the time.\n", "tool": "current_time", "tool_input": {"tz": "UTC"},
+                "observation": "10:00"},
+               {"thought": "Now the date.\n", "tool": "current_date", "tool_input": {}, "observation": "2025-01-01"}]
+STEPS_REASONING = ('Calling tool current_time with {"tz": "UTC"}\ncurrent_time returned: 10:00\n'
+                   "Calling tool current_date with {}\ncurrent_date returned: 2025-01-01\n")
+
+
+def test_agent_text_before_a_tool_call_is_answer_text_once(client, gateway):
+    """A function-calling agent streams its text before each tool call as agent_message, and the
+    iteration's thought repeats it (docs/dify.md 4.6): the client sees it once, as content."""
+    messages = user_message("when?", agent_steps=AGENT_STEPS, answer="It is 10:00 on 2025-01-01.")
+    message = client.chat.completions.create(model="demo-agent", messages=messages).choices[0].message
+    assert message.content == "I need the time.\nNow the date.\nIt is 10:00 on 2025-01-01."
+    assert message.reasoning_content == STEPS_REASONING
+    replay = streamed(gateway, model="demo-agent", messages=messages)
+    assert replay.text == message.content and "".join(replay.reasoning) == STEPS_REASONING
+
+
+def test_agent_thoughts_that_were_not_streamed_are_reasoning():
+    """A ReAct agent's thought, or one whose text never streamed, is shown as reasoning."""
+    translator = DifyEventTranslator("agent-chat", AgentThoughts())
+    thought = {"event": "agent_thought", "id": "t1", "position": 1, "thought": "Let me look.", "tool": "search",
+               "tool_input": '{"search": {"q": "x"}}', "observation": ""}
+    assert translator.feed({**thought, "thought": "", "tool": "", "tool_input": ""}) == []
+    assert translator.feed(thought) == [(REASONING, 'Let me look.\nCalling tool search with {"q": "x"}\n')]
 
 
 def test_agent_thoughts_as_tool_calls(agent_tool_calls_gateway):

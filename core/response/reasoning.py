@@ -255,8 +255,10 @@ class AgentThoughts:
         self._thoughts: dict[str, _Thought] = {}
         self._line_open = False  # the last reasoning text did not end with a newline
 
-    def feed(self, event: dict[str, Any]) -> list[Item]:
-        """What this agent_thought event adds to the earlier ones with the same id."""
+    def feed(self, event: dict[str, Any], shown: str = "") -> list[Item]:
+        """What this agent_thought event adds to the earlier ones with the same id. `shown`: the
+        text this iteration already streamed as the answer (agent_message), which a function-
+        calling agent's thought repeats: it is not shown again."""
         if self.mode == AGENT_HIDDEN:
             return []
         state = self._state(event)
@@ -267,7 +269,10 @@ class AgentThoughts:
         steps = self._new_steps(state, event)
         if self.mode == AGENT_TOOL_CALLS:
             return [self._tool_item(state, kind, name, value) for kind, name, value in steps]
-        return self._reasoning(state, _text(event.get("thought")), steps)
+        thought = _text(event.get("thought"))
+        if shown.strip() and " ".join(thought.split()) == " ".join(shown.split()):
+            state.thought = thought  # already on the client's screen, as answer text
+        return self._reasoning(state, thought, steps)
 
     def _state(self, event: dict[str, Any]) -> _Thought:
         # Clients upsert by id, or by position when there is no id (docs/dify.md 4.5).

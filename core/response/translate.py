@@ -97,6 +97,10 @@ class DifyEventTranslator:
         self.usage: dict[str, int] | None = None
         self.finished = False
         self._agent_text_seen = False
+        # The agent iteration (agent_thought id) under way, and the agent_message text it streamed:
+        # its thought repeats that text, which the client must not get twice.
+        self._iteration: Any = None
+        self._iteration_text: list[str] = []
         self._text_seen = False
         self._workflow_succeeded = False
 
@@ -114,7 +118,7 @@ class DifyEventTranslator:
         if name == "ping":
             return [PING_ITEM]
         if name == "agent_thought":
-            return self._thoughts.feed(event) if self._thoughts else []
+            return self._agent_thought(event)
         if name == "message_file":
             return self._message_file(event)
         if name == "node_started" and self._node_progress:
@@ -140,12 +144,22 @@ class DifyEventTranslator:
         # message chunks as `message_file` (docs/dify.md 4.5).
         if name == "agent_message":
             self._agent_text_seen = True
+            if isinstance(answer, str):
+                self._iteration_text.append(answer)
         elif name == "message" and self.app_mode == "agent" and self._agent_text_seen:
             return []  # New Agent repeats the whole answer in one closing `message`.
         if not answer or not isinstance(answer, str):
             return []
         self._text_seen = True
         return [(TEXT, answer)]
+
+    def _agent_thought(self, event: dict[str, Any]) -> list[Item]:
+        iteration = event.get("id") or event.get("position")
+        if iteration != self._iteration:
+            self._iteration, self._iteration_text = iteration, []
+        if self._thoughts is None:
+            return []
+        return self._thoughts.feed(event, shown="".join(self._iteration_text))
 
     def _message_file(self, event: dict[str, Any]) -> list[Item]:
         """A file made by a tool or the model, shown in the answer as Markdown."""
