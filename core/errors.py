@@ -23,6 +23,7 @@ class OpenAIError(Exception):
         param: str | None = None,
         code: str | None = None,
         headers: dict[str, str] | None = None,
+        upstream: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -31,6 +32,8 @@ class OpenAIError(Exception):
         self.param = param
         self.code = code
         self.headers = dict(headers or {})
+        self.upstream = upstream  # a failure of Dify, not of the request (metrics count these)
+        self.counted = False  # already counted in opendify_upstream_errors_total
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
@@ -61,12 +64,20 @@ def server_error(message: str, status: int = 500, code: str | None = None, *, re
     return OpenAIError(status, message, type="server_error", code=code, headers=headers)
 
 
+def upstream_failure(message: str, status: int = 502, code: str = "upstream_error", *,
+                     retry: bool = True) -> OpenAIError:
+    """A server error that Dify caused (a refusal, a fault, a broken or malformed answer)."""
+    error = server_error(message, status, code, retry=retry)
+    error.upstream = True
+    return error
+
+
 def upstream_unreachable(detail: str) -> OpenAIError:
-    return server_error(f"Dify is unreachable: {detail}", 503, "upstream_unavailable")
+    return upstream_failure(f"Dify is unreachable: {detail}", 503, "upstream_unavailable")
 
 
 def upstream_timeout(detail: str) -> OpenAIError:
-    return server_error(f"Dify did not answer in time: {detail}", 504, "upstream_timeout")
+    return upstream_failure(f"Dify did not answer in time: {detail}", 504, "upstream_timeout")
 
 
 def _rate_limited(message: str, retry_after: str = "1") -> OpenAIError:
@@ -84,6 +95,12 @@ _MODE_CODES = {"not_chat_app", "not_workflow_app", "not_completion_app"}
 
 def from_dify_error(status: int, body: Any, retry_after: str | None = None) -> OpenAIError:
     """Map a Dify error (HTTP status and parsed body, or an in-stream `error` event)."""
+    error = _mapped_dify_error(status, body, retry_after)
+    error.upstream = True
+    return error
+
+
+def _mapped_dify_error(status: int, body: Any, retry_after: str | None) -> OpenAIError:
     if isinstance(body, dict):
         dify_code = str(body.get("code") or "")
         message = str(body.get("message") or body.get("errors") or "").strip()

@@ -13,7 +13,7 @@ from typing import Any
 from flask import Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, NotFound
 
-from . import conversations, files, generation
+from . import audio, conversations, files, generation
 from .apps import DEFAULT_APPS, App, build_apps, info_body, meta_body, parameters_body, site_body
 from .errors import (
     WEB_API_RULES,
@@ -199,6 +199,14 @@ def upload() -> Response:
     return files.upload_file(_emulator().state, _authenticated())
 
 
+def audio_to_text() -> Response:
+    return audio.speech_to_text(_emulator().state, _authenticated())
+
+
+def text_to_audio() -> Response:
+    return audio.text_to_speech(_emulator().state, _authenticated())
+
+
 def list_conversations() -> Response:
     return conversations.list_conversations(_emulator().state, _authenticated())
 
@@ -248,6 +256,8 @@ _ROUTES = (
     ("/v1/workflows/run", workflows_run, ["POST"]),
     ("/v1/workflows/tasks/<string:task_id>/stop", stop_workflow, ["POST"]),
     ("/v1/files/upload", upload, ["POST"]),
+    ("/v1/audio-to-text", audio_to_text, ["POST"]),
+    ("/v1/text-to-audio", text_to_audio, ["POST"]),
     ("/v1/conversations", list_conversations, ["GET"]),
     ("/v1/conversations/<uuid:c_id>", delete_conversation, ["DELETE"]),
     ("/v1/conversations/<uuid:c_id>/name", rename_conversation, ["POST"]),

@@ -8,8 +8,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-MODES = ("chat", "agent-chat", "advanced-chat", "completion", "workflow")
-CHAT_MODES = frozenset({"chat", "agent-chat", "advanced-chat"})
+MODES = ("chat", "agent-chat", "advanced-chat", "agent", "completion", "workflow")
+CHAT_MODES = frozenset({"chat", "agent-chat", "advanced-chat", "agent"})
 PROFILES = ("modern", "restx", "legacy")
 CHATFLOW_ORDERS = ("post1131", "pre113")
 CONCURRENCY_ERRORS = ("429", "400")
@@ -42,6 +42,8 @@ DEFAULT_APPS: list[dict[str, Any]] = [
         "mode": "chat",
         "description": "Chatbot that echoes the question.",
         "file_upload": CHAT_FILE_UPLOAD,
+        "speech_to_text": True,
+        "text_to_speech": True,
     },
     {
         "key": "app-demo-agent",
@@ -106,6 +108,10 @@ class App:
     max_active_requests: int = 0
     concurrency_error: str = "429"
     api_disabled: bool = False
+    message_file_relabel: bool = False
+    speech_to_text: bool = False
+    text_to_speech: bool = False
+    tts_voice: str = ""
     default_scenario: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -160,6 +166,9 @@ def build_app(raw: dict[str, Any]) -> App:
     ):
         if value not in allowed:
             raise ValueError(f"app {app.key!r}: {what} must be one of {allowed}, not {value!r}")
+    for flag in ("message_file_relabel", "speech_to_text", "text_to_speech"):
+        if not isinstance(getattr(app, flag), bool):
+            raise ValueError(f"app {app.key!r}: {flag} must be true or false")
     return app
 
 
@@ -189,8 +198,9 @@ def parameters_body(app: App) -> dict[str, Any]:
         "opening_statement": "",
         "suggested_questions": [],
         "suggested_questions_after_answer": {"enabled": False},
-        "speech_to_text": {"enabled": False},
-        "text_to_speech": {"enabled": False, "voice": "", "language": "", "autoPlay": "disabled"},
+        "speech_to_text": {"enabled": app.speech_to_text},
+        "text_to_speech": {"enabled": app.text_to_speech, "voice": app.tts_voice, "language": "",
+                           "autoPlay": "disabled"},
         "retriever_resource": {"enabled": True},
         "annotation_reply": {"enabled": False},
         "more_like_this": {"enabled": False},

@@ -15,6 +15,7 @@ from .apps import CHAT_MODES, App
 from .errors import (
     DifyError,
     app_unavailable,
+    bad_request,
     invalid_param,
     json_response,
     named_http_error,
@@ -31,12 +32,17 @@ from .validation import Payload, check_inputs, check_payload, read_json_body, re
 
 
 def chat_messages(state: State, app: App) -> Response:
-    """POST /v1/chat-messages (chat, agent-chat, advanced-chat)."""
+    """POST /v1/chat-messages (chat, agent-chat, advanced-chat, agent)."""
     body = read_json_body()
     user = require_user(body)
     if app.mode not in CHAT_MODES:
         raise not_chat_app()
     payload = check_payload(body, app.profile, "ChatRequestPayload", chat=True)
+    if app.mode == "agent":
+        # New Agent streams only, and streams when response_mode is omitted (docs/dify.md 4.1).
+        if body.get("response_mode") == "blocking":
+            raise bad_request("Agent App only supports streaming response mode.")
+        payload.response_mode = "streaming"
     clean_query, directive = extract_directives(payload.query)
     scenario = _scenario(app, directive)
     conversation = None
@@ -51,6 +57,7 @@ def chat_messages(state: State, app: App) -> Response:
             raise invalid_param("Agent Chat App does not support blocking mode")
         if not payload.query:
             raise invalid_param("query is required")
+        _check_pre_run(app, scenario, streaming)
         check_inputs(app, payload.inputs)
         files = resolve_files(state, app, user, payload.files)
         target = conversation or _new_conversation(state, app, user, clean_query, payload)
@@ -76,6 +83,7 @@ def completion_messages(state: State, app: App) -> Response:
     scenario = _scenario(app, directive)
 
     def prepare() -> RunContext:
+        _check_pre_run(app, scenario, False)
         check_inputs(app, payload.inputs)
         files = resolve_files(state, app, user, payload.files)
         source = clean_inputs.get("query")
@@ -96,14 +104,16 @@ def workflows_run(state: State, app: App) -> Response:
     payload = check_payload(body, app.profile, "WorkflowRunPayload")
     _, clean_inputs, directive = _scan([], payload.inputs)
     scenario = _scenario(app, directive)
+    streaming = payload.response_mode == "streaming"
 
     def prepare() -> RunContext:
+        _check_pre_run(app, scenario, streaming)
         check_inputs(app, payload.inputs)
         files = resolve_files(state, app, user, payload.files)
         text = _workflow_text(app, clean_inputs).strip()
         return _context(state, app, scenario, user, "", payload.inputs, "You said: " + text, text, files)
 
-    return _generate(state, app, payload.response_mode == "streaming", prepare)
+    return _generate(state, app, streaming, prepare)
 
 
 def stop_task(state: State, app: App, kind: str, task_id: str) -> Response:
@@ -132,6 +142,19 @@ def _scenario(app: App, directive: dict[str, Any] | None) -> Scenario:
     if scenario.http_error is not None:
         raise named_http_error(scenario.http_error, app.id, app.concurrency_error)
     return scenario
+
+
+def _check_pre_run(app: App, scenario: Scenario, streaming: bool) -> None:
+    """`pre_run_failure`: the run fails before it starts. Dify >= 1.15 streams a chatflow's or
+    workflow's failure as a synthetic workflow_started + workflow_finished(failed) pair (the
+    runner sends it, docs/dify.md 4.6); everywhere else (blocking calls, servers before 1.13,
+    the easy-UI apps) it is an ordinary HTTP 400, before any conversation or message exists."""
+    message = scenario.pre_run_failure
+    if message is None:
+        return
+    order = scenario.chatflow_order or app.chatflow_order
+    if not (streaming and app.mode in ("advanced-chat", "workflow") and order != "pre113"):
+        raise invalid_param(message)
 
 
 def _scan(texts: list[str], inputs: dict[str, Any]) -> tuple[list[str], dict[str, Any], dict[str, Any] | None]:
@@ -186,7 +209,7 @@ def _context(
         end_user_id=state.end_user_id(app.key, user),
         query=query,
         inputs=inputs,
-        deltas=answer_deltas(scenario, default_answer),
+        deltas=answer_deltas(scenario, default_answer, prompt),
         prompt_tokens=len(prompt.split()),
         files=files,
     )
@@ -224,7 +247,7 @@ def _store_answer(state: State, ctx: RunContext, sent: list[str], status: str, e
     message.answer_tokens = len(sent)
     message.message_tokens = ctx.prompt_tokens
     failed = status in ("error", "failed")
-    message.status = "error" if failed else "normal"
+    message.status = "error" if failed else "paused" if status == "paused" else "normal"
     message.error = (error or ctx.scenario.workflow_error) if failed else None
 
 
@@ -277,6 +300,11 @@ def _blocking(state: State, ctx: RunContext) -> Response:
         if mode == "advanced-chat":
             raise invalid_param(f"Run failed: {scenario.error_message}")
         raise DifyError(scenario.error_status, scenario.error_code, scenario.error_message)
+    if scenario.pause_for_input is not None and mode in ("advanced-chat", "workflow"):
+        if mode == "workflow":
+            return _blocking_response(ctx, WorkflowPlan(ctx).blocking_body(sent, "paused", None))
+        _store_answer(state, ctx, sent, "paused", None)
+        return _blocking_response(ctx, ChatflowPlan(ctx).paused_blocking_body(sent))
     status = scenario.workflow_status or "succeeded"
     if mode == "workflow":
         error = scenario.workflow_error if status == "failed" else None

@@ -125,6 +125,12 @@ class StreamRunner:
             yield raw.encode()
         if self.plan.immediate_ping:
             yield PING
+        if scenario.pre_run_failure is not None:
+            # Only chatflow and workflow streams get here (generation.py answers the rest with an HTTP 400).
+            self.status, self.error = "failed", scenario.pre_run_failure
+            for event in self.plan.pre_run_failure():
+                yield from self._send(event)
+            return
         if scenario.first_delay_ms:
             outcome = yield from self._wait(scenario.first_delay_ms / 1000)
             if outcome != _OK:
@@ -145,6 +151,11 @@ class StreamRunner:
             return
         for event in self.plan.closing(self.sent):
             yield from self._send(event)
+        if self.plan.pauses:
+            self.status = "paused"
+            if (scenario.pause_for_input or {}).get("keep_open"):
+                yield from self._wait(math.inf)  # pings only, until a stop or the client leaves
+            return
         self.status = self.scenario.workflow_status or "normal"
 
     def _text(self) -> Iterator[bytes]:

@@ -19,6 +19,7 @@ from .errors import HTTP_ERROR_NAMES
 MARKER = "@emulator "
 _DECODER = json.JSONDecoder()
 _WORD = re.compile(r"\s*\S+\s*")
+_TOOL_RESULT = re.compile(r"(?:^|\n)<tool_result[ >]")  # a result block, not the instructions that name the tag
 
 
 @dataclass
@@ -26,6 +27,7 @@ class Scenario:
     """Effective behaviour for one request; every field is a directive key of the same name."""
 
     answer: str | None = None
+    after_tool_result: str | None = None
     chunks: list[str] | None = None
     tokens: int | None = None
     delay_ms: float = 0.0
@@ -53,9 +55,13 @@ class Scenario:
     workflow_error: str = "Emulated node failure"
     outputs: dict[str, Any] | None = None
     chatflow_order: str | None = None
-    tts: bool = False
+    tts: bool | str = False
     usage: dict[str, Any] | None = None
     retriever_resources: list[dict[str, Any]] | None = None
+    reasoning: str | None = None
+    pause_for_input: dict[str, Any] | None = None
+    pre_run_failure: str | None = None
+    extra_node_events: bool = False
 
 
 _INT_KEYS = {
@@ -69,8 +75,13 @@ _INT_KEYS = {
     "reset_after",
 }
 _FLOAT_KEYS = {"delay_ms", "first_delay_ms", "ping_interval_s", "pause_s", "stall_s"}
-_BOOL_KEYS = {"reset_before_headers", "never_end", "split_utf8", "tts"}
-_STR_KEYS = {"answer", "error_code", "error_message", "message_replace", "workflow_error"}
+_BOOL_KEYS = {"reset_before_headers", "never_end", "split_utf8", "extra_node_events"}
+_STR_KEYS = {"answer", "after_tool_result", "error_code", "error_message", "message_replace", "workflow_error"}
+_STR_KEYS |= {"reasoning", "pre_run_failure"}
+#: `tts`: true (audio, then its end marker, after the terminal event), or one of these variants.
+TTS_VARIANTS = ("end_only", "interleaved")
+#: The keys `pause_for_input` takes (all optional), with their types.
+_PAUSE_KEYS = {"node_title": str, "form_content": str, "actions": list, "keep_open": bool}
 _KNOWN = {f.name for f in fields(Scenario)}
 
 
@@ -159,6 +170,18 @@ def _coerce(key: str, value: Any) -> Any:
             if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
                 raise ValueError
             return value
+        if key == "tts":
+            if not isinstance(value, bool) and value not in TTS_VARIANTS:
+                raise ValueError
+            return value
+        if key == "pause_for_input":
+            if value is True:
+                return {}
+            if not isinstance(value, dict) or any(
+                name not in _PAUSE_KEYS or not isinstance(setting, _PAUSE_KEYS[name]) for name, setting in value.items()
+            ):
+                raise ValueError
+            return value
         if key in ("outputs", "usage"):
             if not isinstance(value, dict):
                 raise ValueError
@@ -180,8 +203,12 @@ def split_words(text: str) -> list[str]:
     return words
 
 
-def answer_deltas(scenario: Scenario, default_answer: str) -> list[str]:
-    """The text deltas of the answer: `chunks`, else `tokens`, else the words of `answer`."""
+def answer_deltas(scenario: Scenario, default_answer: str, prompt: str = "") -> list[str]:
+    """The text deltas of the answer: `after_tool_result` when the prompt holds a tool result
+    (the model's next step in a tool-calling loop), else `chunks`, else `tokens`, else the
+    words of `answer`."""
+    if scenario.after_tool_result is not None and _TOOL_RESULT.search(prompt):
+        return split_words(scenario.after_tool_result)
     if scenario.chunks is not None:
         return list(scenario.chunks)
     if scenario.tokens is not None:

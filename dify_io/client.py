@@ -16,7 +16,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import NameResolutionError, NewConnectionError
 from urllib3.util.retry import Retry
 
-from core.errors import OpenAIError, from_dify_error, server_error, upstream_timeout, upstream_unreachable
+from core.errors import OpenAIError, from_dify_error, upstream_failure, upstream_timeout, upstream_unreachable
 from core.request.files import Upload
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class DifyClient:
                 raise upstream_unreachable(f"{method} {path} failed ({type(exc).__name__})") from None
             # The request went out and the connection broke: Dify may have started the run, so
             # a retry could run it twice.
-            raise server_error(f"the connection to Dify broke before it answered {method} {path}", 502,
+            raise upstream_failure(f"the connection to Dify broke before it answered {method} {path}", 502,
                                "upstream_disconnected", retry=False) from None
         except requests.exceptions.RequestException as exc:
             raise upstream_unreachable(f"{method} {path} failed ({type(exc).__name__})") from None
@@ -88,9 +88,9 @@ class DifyClient:
         try:
             data = response.json()
         except ValueError:
-            raise server_error(f"Dify answered {path} with a body that is not JSON", 502, "upstream_error") from None
+            raise upstream_failure(f"Dify answered {path} with a body that is not JSON") from None
         if not isinstance(data, dict):
-            raise server_error(f"Dify answered {path} with unexpected JSON", 502, "upstream_error")
+            raise upstream_failure(f"Dify answered {path} with unexpected JSON")
         return data
 
     def open_stream(self, app_key: str, path: str, payload: dict[str, Any]) -> requests.Response:
@@ -100,7 +100,7 @@ class DifyClient:
         if "text/event-stream" not in content_type:
             response.close()
             kind = content_type or "no content type"
-            raise server_error(f"Dify answered {path} with {kind} instead of an event stream", 502, "upstream_error")
+            raise upstream_failure(f"Dify answered {path} with {kind} instead of an event stream")
         return response
 
     def newest_message_ids(self, app_key: str, user: str, conversation_id: str, count: int) -> list[str]:
@@ -112,17 +112,32 @@ class DifyClient:
             return []
         return [str(message.get("id")) for message in page if isinstance(message, dict)]
 
+    def transcribe(self, app_key: str, user: str, audio: Upload) -> str:
+        """POST /audio-to-text (multipart): the text Dify's speech-to-text model heard (docs/dify.md 16)."""
+        return self._send_file(app_key, "/audio-to-text", user, audio, "text")
+
+    def speak(self, app_key: str, user: str, text: str, voice: str | None) -> requests.Response:
+        """POST /text-to-audio: Dify's speech, to be read as it arrives (docs/dify.md 16)."""
+        payload: dict[str, Any] = {"text": text, "user": user, "streaming": True}
+        if voice:
+            payload["voice"] = voice
+        return self._request("POST", app_key, "/text-to-audio", payload=payload, stream=True)
+
     def upload(self, app_key: str, user: str, upload: Upload) -> str:
-        """POST /files/upload (multipart, with the chat's `user`, who will own the file)."""
-        response = self._request("POST", app_key, "/files/upload", form={"user": user},
+        """POST /files/upload (multipart, with the chat's `user`, who will own the file): its id."""
+        return self._send_file(app_key, "/files/upload", user, upload, "id")
+
+    def _send_file(self, app_key: str, path: str, user: str, upload: Upload, field: str) -> str:
+        """A multipart POST of one file for `user`, and the string `field` of Dify's JSON answer."""
+        response = self._request("POST", app_key, path, form={"user": user},
                                  files={"file": (upload.filename, upload.data, upload.mime_type)})
         try:
-            file_id = response.json().get("id")
+            value = response.json().get(field)
         except (ValueError, AttributeError):
-            file_id = None
-        if not isinstance(file_id, str):
-            raise server_error("Dify answered /files/upload without a file id", 502, "upstream_error")
-        return file_id
+            value = None
+        if not isinstance(value, str):
+            raise upstream_failure(f"Dify answered {path} without {field!r}")
+        return value
 
     def refusal_code(self, app_key: str, path: str, payload: dict[str, Any]) -> str | None:
         """Dify's error code for a call that is expected to be refused (None if accepted)."""
@@ -158,11 +173,11 @@ def _error_from_response(response: requests.Response, path: str) -> OpenAIError:
         response.close()
     if body is None:
         if status == 404:
-            return server_error(
+            return upstream_failure(
                 f"Dify answered {path} with an HTML 404 page: check that DIFY_API_BASE ends with /v1",
                 502, "upstream_misconfigured", retry=False)
         if 300 <= status < 400:
-            return server_error(f"Dify redirected {path} (HTTP {status}): check DIFY_API_BASE", 502,
+            return upstream_failure(f"Dify redirected {path} (HTTP {status}): check DIFY_API_BASE", 502,
                                 "upstream_misconfigured", retry=False)
         return from_dify_error(status, {"message": f"HTTP {status} with a non-JSON body"},
                                response.headers.get("Retry-After"))

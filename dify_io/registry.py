@@ -16,7 +16,7 @@ import time
 import gevent
 
 from core.apps import DifyApp, ModelIndex
-from core.errors import OpenAIError, model_not_found, server_error
+from core.errors import OpenAIError, model_not_found, upstream_failure
 from dify_io.client import DifyClient
 
 log = logging.getLogger(__name__)
@@ -132,6 +132,6 @@ class AppRegistry:
                 return app
         if len(self._apps) < len(self._keys):
             # Some app could not be looked up: the name may belong to it.
-            raise server_error(f"The model `{model}` is not known yet: Dify could not be reached to list the apps.",
+            raise upstream_failure(f"The model `{model}` is not known yet: Dify could not be reached to list the apps.",
                                503, "upstream_unavailable")
         raise model_not_found(model)

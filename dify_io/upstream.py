@@ -28,10 +28,10 @@ import gevent
 import requests
 from greenlet import getcurrent
 
-from core.errors import OpenAIError, server_error, upstream_timeout
+from core.errors import OpenAIError, server_error, upstream_failure, upstream_timeout
 from core.response.http_body import ChunkedBody, LengthBody, MalformedBody, UntilClose
 from core.response.sse import MalformedStream, SSEDecoder
-from dify_io.connection import detach
+from dify_io.connection import detach, forget_response
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,8 @@ class _Interrupted(BaseException):
 
 
 class UpstreamStream:
+    __slots__ = ("_opener", "_silence_limit", "_body", "_decoder", "_waiting", "_woken", "_ended")
+
     def __init__(self, open_response: Callable[[], requests.Response], silence_limit: float) -> None:
         """`open_response` makes the Dify call; it raises OpenAIError when Dify refuses it.
         After `silence_limit` s without a byte from Dify (TIMEOUT) the stream fails."""
@@ -84,7 +86,7 @@ class UpstreamStream:
             return self._decoder.feed(data)
         except MalformedStream as exc:
             self._ended = True
-            raise server_error(f"Dify sent a malformed stream: {exc}", 502, "upstream_error") from None
+            raise upstream_failure(f"Dify sent a malformed stream: {exc}") from None
 
     def _wait(self, call: Callable[[], bytes], timeout: float | None) -> bytes | None:
         """`call()`, or None when `timeout` s pass or `wake` is called before it returns."""
@@ -92,7 +94,12 @@ class UpstreamStream:
             self._woken = False
             return None
         self._waiting = getcurrent()
-        timer = None if timeout is None else gevent.Timeout.start_new(timeout, _Interrupted)
+        # A bare timer that calls `wake`, not a gevent.Timeout (an exception object with a dict
+        # of its own): every held stream has one pending.
+        timer = None
+        if timeout is not None:
+            timer = gevent.get_hub().loop.timer(timeout)
+            timer.start(self.wake)
         try:
             return call()
         except _Interrupted:
@@ -158,6 +165,9 @@ class DifyBody:
     when Dify will close the connection (http.client then hands the socket to the response),
     through http.client's own reader."""
 
+    __slots__ = ("_until_close", "_framing", "reusable", "_fault", "last_data_at", "_connection", "_put_back",
+                 "_message", "_socket", "_read_some", "_arrived")
+
     def __init__(self, response: requests.Response) -> None:
         message, self._connection, self._put_back = detach(response)
         # Only the connection and the way back to its pool are kept, not requests' and
@@ -175,6 +185,11 @@ class DifyBody:
             self._read_some = self._socket.recv
             self._arrived = self._read_ahead(message)
             message.close()  # frees its read buffer; the connection stays open
+            forget_response(self._connection)
+            # Every wait for Dify is bounded by UpstreamStream's own timer (TIMEOUT included): a
+            # socket timeout would add a second timer, and an exception object, to each one.
+            # urllib3 sets the timeout again for the connection's next request.
+            self._socket.settimeout(None)
         else:
             self._message, self._socket, self._arrived = message, None, b""
             self._read_some = message.fp.read1 if message.fp else lambda _size: b""
@@ -222,7 +237,7 @@ class DifyBody:
                     return content
             return b""
         except MalformedBody as exc:
-            error = server_error(f"Dify sent a malformed body: {exc}", 502, "upstream_error")
+            error = upstream_failure(f"Dify sent a malformed body: {exc}")
             if not exc.content:
                 raise error from None
             self._fault = error
@@ -230,7 +245,7 @@ class DifyBody:
         except TimeoutError:
             raise upstream_timeout("no data from Dify within TIMEOUT seconds") from None
         except OSError:
-            raise server_error("the connection to Dify broke mid-stream", 502, "upstream_disconnected") from None
+            raise upstream_failure("the connection to Dify broke mid-stream", 502, "upstream_disconnected") from None
 
     def _recv(self, wait: bool) -> bytes | None:
         if wait:

@@ -13,6 +13,7 @@ import requests
 
 from dify_emulator.control import EmulatorProcess, start_emulator
 from tests.gateway_process import ROOT, GatewayProcess
+from tests.raw_dify import RawDify
 
 CLIENT_KEY = "sk-opendify-test"
 CHAT_KEYS = "app-demo-chat,app-demo-agent,app-demo-chatflow"
@@ -52,6 +53,14 @@ def start_gateway(emulator: EmulatorProcess) -> Iterator[Callable[..., GatewayPr
 @pytest.fixture(scope="session")
 def gateway(start_gateway: Callable[..., GatewayProcess]) -> GatewayProcess:
     return start_gateway()
+
+
+@pytest.fixture(scope="module")
+def raw_dify() -> Iterator[RawDify]:
+    """A raw fake Dify (tests/raw_dify.py) for the tests of one module, which script its answers."""
+    server = RawDify()
+    yield server
+    server.close()
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import pytest
 import requests
 
 from dify_emulator.apps import DEFAULT_APPS
+from dify_emulator.audio import spoken_words
 from dify_emulator.control import EmulatorProcess, start_emulator
 
 EXTRA_APPS = [
@@ -92,7 +93,7 @@ def answer_of(items: list[dict[str, Any] | str]) -> str:
     return "".join(e["answer"] for e in data_events(items) if e["event"] in text_events)
 
 
-def wait_for(predicate: Any, timeout: float = 5.0) -> None:
+def wait_for(predicate: Any, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached in time"
@@ -381,22 +382,36 @@ def test_split_utf8_reassembles(emu: EmulatorProcess) -> None:
     assert answer_of(items) == "You said: 日本語 テキスト ✓"
 
 
+def text_events_and_between(items: list[dict[str, Any] | str]) -> tuple[list[str], list[str]]:
+    """The names without pings, and the names between the first and the second text event.
+
+    (A ping may also come before the first event: one is due every interval, whenever the
+    stream gets to write.)"""
+    sequence = names(items)
+    first, second = [index for index, name in enumerate(sequence) if name == "message"][:2]
+    return [name for name in sequence if name != "ping"], sequence[first + 1:second]
+
+
 def test_pause_sends_pings(emu: EmulatorProcess) -> None:
+    """Pings are due every 0.1 s and the pause lasts 0.45 s: at least one comes during it
+    (how many depends on how busy the machine is)."""
     scenario = directive(ping_interval_s=0.1, pause_after=1, pause_s=0.45)
     start = time.monotonic()
-    items = events(chat(emu, "a b " + scenario))
-    assert time.monotonic() - start >= 0.45
-    pings = names(items).count("ping")
-    assert 3 <= pings <= 6
-    assert names(items)[0] == "message" and names(items)[-1] == "message_end"
+    events_only, paused = text_events_and_between(events(chat(emu, "a b " + scenario)))
+    assert time.monotonic() - start >= 0.45  # a lower bound only: load can only lengthen the pause
+    assert events_only == ["message"] * 4 + ["message_end"]
+    assert paused and set(paused) == {"ping"}
 
 
 def test_stall_is_silent(emu: EmulatorProcess) -> None:
+    """Nothing is sent during the stall although pings are due every 0.1 s: the missed pings
+    come as one, with the next write after it."""
     scenario = directive(ping_interval_s=0.1, stall_after=1, stall_s=0.4)
-    timed = list(live_events(chat(emu, "a b " + scenario)))
-    gaps = [later[0] - earlier[0] for earlier, later in zip(timed, timed[1:], strict=False)]
-    assert max(gaps) >= 0.35
-    assert names([item for _, item in timed])[-1] == "message_end"
+    start = time.monotonic()
+    events_only, stalled = text_events_and_between(events(chat(emu, "a b " + scenario)))
+    assert time.monotonic() - start >= 0.4  # a lower bound only: load can only lengthen the stall
+    assert events_only == ["message"] * 4 + ["message_end"]
+    assert stalled == ["ping"]
 
 
 def test_close_and_raw_and_replace(emu: EmulatorProcess) -> None:
@@ -550,3 +565,237 @@ def test_control_endpoints(emu: EmulatorProcess) -> None:
     assert emu.stops() == []
     streams = emu.streams()
     assert set(streams) == {"active", "started", "finished", "active_tasks"}
+
+
+# -- event kinds: relabelled chunks, New Agent, reasoning, pauses, pre-run failures, extra node
+# events, TTS variants (docs/dify.md 4.5, 4.6) ---------------------------------------------------
+
+KINDS_APPS = DEFAULT_APPS + [
+    {"key": "app-relabel", "name": "relabel", "mode": "chat", "message_file_relabel": True,
+     "file_upload": next(app for app in DEFAULT_APPS if app["key"] == "app-demo-chat")["file_upload"]},
+    {"key": "app-new-agent", "name": "new-agent", "mode": "agent"},
+    {"key": "app-legacy-flow", "name": "legacy-flow", "mode": "advanced-chat", "profile": "legacy"},
+]
+
+
+@pytest.fixture(scope="module")
+def kinds_emu() -> Iterator[EmulatorProcess]:
+    with start_emulator(apps=KINDS_APPS) as process:
+        yield process
+
+
+def run_workflow(emu: EmulatorProcess, text: str, **fields: Any) -> requests.Response:
+    body = {"inputs": {"text": text}, "user": "alice", "response_mode": "streaming", **fields}
+    return post(emu, "app-demo-workflow", "/workflows/run", body, stream=body["response_mode"] == "streaming")
+
+
+def test_message_file_relabel_app_option(kinds_emu: EmulatorProcess) -> None:
+    """Dify 1.11.2-1.12: every answer chunk of a message with a file, the user's upload included,
+    is a `message_file` event with `answer` (docs/dify.md 4.5); without a file, `message`."""
+    record = upload(kinds_emu, key="app-relabel", files={"file": ("cat.png", b"\x89PNG", "image/png")},
+                    data={"user": "alice"}).json()
+    files = [{"type": "image", "transfer_method": "local_file", "upload_file_id": record["id"]}]
+    items = data_events(events(chat(kinds_emu, "look here", key="app-relabel", files=files)))
+    assert [e["event"] for e in items] == ["message_file"] * 4 + ["message_end"]
+    assert "".join(e["answer"] for e in items[:-1]) == "You said: look here"
+    assert list(items[0])[5:] == ["id", "answer", "from_variable_selector"] and "url" not in items[0]
+    plain = data_events(events(chat(kinds_emu, "look here", key="app-relabel")))
+    assert [e["event"] for e in plain] == ["message"] * 4 + ["message_end"]
+    remote = [{"type": "image", "transfer_method": "remote_url", "url": "https://example.invalid/a.png"}]
+    unrelabelled = data_events(events(chat(kinds_emu, "look", files=remote)))  # app-demo-chat: option off
+    assert [e["event"] for e in unrelabelled] == ["message"] * 3 + ["message_end"]
+
+
+def test_new_agent_mode(kinds_emu: EmulatorProcess) -> None:
+    items = data_events(events(chat(kinds_emu, "what time", key="app-new-agent")))
+    assert [e["event"] for e in items] == [
+        "agent_thought", "agent_thought", *["agent_thought", "agent_message"] * 4, "message", "message_end"]
+    call, result, answer_row = items[0], items[1], items[2]
+    assert call["id"] == result["id"] != answer_row["id"] and (call["position"], answer_row["position"]) == (1, 2)
+    assert (call["tool"], call["tool_input"], call["observation"]) == ("current_time", "{}", "")
+    assert result["observation"] == "2025-01-01 10:00:00"  # the tool's output itself, not keyed by tool name
+    assert answer_row["tool"] == answer_row["thought"] == ""
+    streamed = "".join(e["answer"] for e in items if e["event"] == "agent_message")
+    assert streamed == items[-2]["answer"] == "You said: what time"  # the closing message repeats it all
+    assert items[-1]["metadata"]["retriever_resources"] == []
+    refused = chat(kinds_emu, "hi", key="app-new-agent", response_mode="blocking")
+    assert refused.status_code == 400 and refused.json() == {
+        "code": "bad_request", "message": "Agent App only supports streaming response mode.", "status": 400}
+    omitted = post(kinds_emu, "app-new-agent", "/chat-messages", {"query": "hi", "inputs": {}, "user": "alice"})
+    assert omitted.headers["Content-Type"] == "text/event-stream; charset=utf-8"  # streams when omitted
+
+
+def test_reasoning_directive(kinds_emu: EmulatorProcess) -> None:
+    """Separated reasoning (Dify >= 1.15): reasoning_chunk events between the LLM node's start and
+    its answer, one per word, then the empty `is_final` marker (docs/dify.md 4.5)."""
+    scenario = directive(reasoning="Think first.")
+    items = data_events(events(chat(kinds_emu, "hi " + scenario, key="app-demo-chatflow")))
+    sequence = [e["event"] for e in items]
+    start = sequence.index("reasoning_chunk")
+    assert sequence[start - 1:start + 4] == ["node_started", *["reasoning_chunk"] * 3, "message"]
+    chunks = items[start:start + 3]
+    assert list(chunks[0]) == [*CHAT_ENVELOPE, "data"]  # no workflow_run_id: not a node event
+    assert [list(c["data"]) for c in chunks] == [["message_id", "reasoning", "node_id", "is_final"]] * 3
+    assert [(c["data"]["reasoning"], c["data"]["is_final"]) for c in chunks] == [
+        ("Think ", False), ("first.", False), ("", True)]
+    llm_node = items[start - 1]["data"]["node_id"]
+    assert {(c["data"]["message_id"], c["data"]["node_id"]) for c in chunks} == {(items[0]["message_id"], llm_node)}
+    assert items[-2]["event"] == "message_end" and items[-2]["metadata"]["reasoning"] == {llm_node: "Think first."}
+    assert answer_of(items) == "You said: hi"
+    flow = data_events(events(run_workflow(kinds_emu, "hi " + scenario)))
+    workflow_chunks = [e for e in flow if e["event"] == "reasoning_chunk"]
+    assert list(workflow_chunks[0]) == ["event", "workflow_run_id", "task_id", "data"]
+    assert [c["data"]["message_id"] for c in workflow_chunks] == [None, None, None]  # workflows have no message
+
+
+def run_app(emu: EmulatorProcess, app: str, text: str, **fields: Any) -> requests.Response:
+    """A run of the demo chatflow or workflow app."""
+    if app == "chatflow":
+        return chat(emu, text, key="app-demo-chatflow", **fields)
+    return run_workflow(emu, text, **fields)
+
+
+@pytest.mark.parametrize("app", ["chatflow", "workflow"])
+def test_pause_for_input_directive(kinds_emu: EmulatorProcess, app: str) -> None:
+    """A Human Input node pauses the run (>= 1.13): the text, then the node's start and paused
+    finish, human_input_required and workflow_paused, and the stream ends (docs/dify.md 4.5)."""
+    items = data_events(events(run_app(kinds_emu, app, "hold on " + directive(pause_for_input={"node_title": "A"}))))
+    sequence = [e["event"] for e in items]
+    assert sequence[-5:] == ["node_finished", "node_started", "node_finished", "human_input_required",
+                             "workflow_paused"]
+    assert "message_end" not in sequence and "workflow_finished" not in sequence
+    assert "".join(e.get("answer") or e["data"]["text"] for e in items if e["event"] in ("message", "text_chunk")) \
+        == "You said: hold on"
+    human_started, human_paused, required, paused = items[-4:]
+    assert (human_started["data"]["node_type"], human_started["data"]["title"]) == ("human-input", "A")
+    assert human_paused["data"]["status"] == "paused"
+    assert required["data"]["node_title"] == "A" and required["data"]["form_token"]
+    data = paused["data"]
+    assert data["status"] == "paused" and data["paused_nodes"] == [required["data"]["node_id"]]
+    assert data["outputs"] == {} and data["total_tokens"] == 6  # 2 prompt + 4 answer tokens
+    [reason] = data["reasons"]
+    assert (reason["TYPE"], reason["node_title"], reason["form_id"]) == (
+        "human_input_required", "A", required["data"]["form_id"])
+
+
+def test_pause_for_input_blocking_and_keep_open(kinds_emu: EmulatorProcess) -> None:
+    scenario = directive(pause_for_input={"node_title": "A"})
+    body = chat(kinds_emu, "hold on " + scenario, key="app-demo-chatflow", response_mode="blocking").json()
+    assert (body["event"], body["answer"], body["data"]["status"]) == ("workflow_paused", "You said: hold on", "paused")
+    assert body["data"]["reasons"][0]["node_title"] == "A"
+    flow = run_workflow(kinds_emu, "hold on " + scenario, response_mode="blocking").json()["data"]
+    assert (flow["status"], flow["finished_at"], flow["reasons"][0]["node_title"]) == ("paused", None, "A")
+    held = directive(pause_for_input={"keep_open": True}, ping_interval_s=0.1)
+    after: list[dict[str, Any] | str] = []
+    with run_workflow(kinds_emu, "hold on " + held) as response:
+        seen_pause = False
+        for _, item in live_events(response):  # the stream stays open: only pings after workflow_paused
+            if seen_pause:
+                after.append(item)
+                if len(after) == 2:
+                    break
+            seen_pause = seen_pause or (isinstance(item, dict) and item["event"] == "workflow_paused")
+    assert after == ["ping", "ping"]
+
+
+@pytest.mark.parametrize("app", ["chatflow", "workflow"])
+def test_pre_run_failure_directive(kinds_emu: EmulatorProcess, app: str) -> None:
+    """Dify >= 1.15: a synthetic workflow_started + workflow_finished(failed) pair, no chat
+    envelope, task_id == workflow_run_id (docs/dify.md 4.4, 4.6); blocking calls, servers before
+    1.13 and the easy-UI apps answer an HTTP 400 instead."""
+    scenario = directive(pre_run_failure="text is required in input form")
+    items = events(run_app(kinds_emu, app, "x " + scenario))
+    assert names(items) == ["ping", "workflow_started", "workflow_finished"]
+    started, finished = data_events(items)
+    assert list(started) == list(finished) == ["event", "task_id", "workflow_run_id", "data"]
+    assert started["task_id"] == started["workflow_run_id"] == finished["task_id"] == started["data"]["id"]
+    data = finished["data"]
+    assert (data["status"], data["error"], data["exceptions_count"]) == ("failed", "text is required in input form", 1)
+    assert (data["total_steps"], data["created_by"], data["outputs"]) == (0, {}, None)
+    refused = [run_app(kinds_emu, app, "x " + scenario, response_mode="blocking"),
+               run_app(kinds_emu, app, "x " + directive(pre_run_failure="bad file", chatflow_order="pre113"))]
+    assert [(r.status_code, r.json()["code"]) for r in refused] == [(400, "invalid_param")] * 2
+    assert refused[1].json()["message"] == "bad file"
+    easy = chat(kinds_emu, "x " + scenario)
+    assert (easy.status_code, easy.json()["message"]) == (400, "text is required in input form")
+
+
+@pytest.mark.parametrize("app", ["chatflow", "workflow"])
+def test_extra_node_events_directive(kinds_emu: EmulatorProcess, app: str) -> None:
+    """An Agent node with agent_log, an Iteration (two passes) and a Loop (one pass) with a node
+    inside each, and a node_retry of the LLM node, before the answer (docs/dify.md 4.5)."""
+    items = data_events(events(run_app(kinds_emu, app, "hi " + directive(extra_node_events=True))))
+    sequence = [e["event"] for e in items]
+    llm = sequence.index("node_retry") - 1
+    assert sequence[3:llm + 2] == [
+        "node_started", "agent_log", "agent_log", "node_finished",
+        "iteration_started", *["iteration_next", "node_started", "node_finished"] * 2, "iteration_completed",
+        "loop_started", "loop_next", "node_started", "node_finished", "loop_completed",
+        "node_started", "node_retry"]
+    assert "parallel_branch_started" not in sequence  # Dify 0.8-1.8 only
+    logs = [e for e in items if e["event"] == "agent_log"]
+    assert ("workflow_run_id" in logs[0]) == (app == "workflow")  # AgentLogStreamResponse has no run id of its own
+    assert [log["data"]["status"] for log in logs] == ["start", "success"]
+    inner = items[sequence.index("iteration_next") + 1]["data"]
+    assert inner["iteration_id"] == items[sequence.index("iteration_started")]["data"]["node_id"]
+    retry = items[llm + 1]["data"]
+    assert (retry["status"], retry["retry_index"], retry["node_type"]) == ("retry", 1, "llm")
+    text = "".join(e.get("answer") or e["data"]["text"] for e in items if e["event"] in ("message", "text_chunk"))
+    assert text == "You said: hi"
+    legacy = names(events(chat(kinds_emu, "hi " + directive(extra_node_events=True), key="app-legacy-flow")))
+    agent = legacy.index("agent_log") - 1
+    assert legacy[agent - 1] == "parallel_branch_started" and legacy[agent + 4] == "parallel_branch_finished"
+
+
+def test_tts_variants(kinds_emu: EmulatorProcess) -> None:
+    alone = names(events(chat(kinds_emu, "hi " + directive(tts="end_only"))))
+    assert alone == ["message"] * 3 + ["message_end", "tts_message_end"]  # tests/dify_streams 0019
+    mixed = names(events(chat(kinds_emu, "hi " + directive(tts="interleaved"))))
+    assert mixed == ["message", "tts_message"] * 3 + ["message_end", "tts_message", "tts_message_end"]
+    flow = [name for name in names(events(run_workflow(kinds_emu, "hi " + directive(tts="interleaved"))))
+            if name in ("text_chunk", "tts_message", "tts_message_end", "workflow_finished")]
+    assert flow == ["text_chunk", "tts_message"] * 3 + ["workflow_finished"]  # >= 1.13: nothing after the end
+    assert chat(kinds_emu, "hi " + directive(tts="loud")).status_code == 400
+
+
+# -- audio (docs/dify.md 16) ---------------------------------------------------------------
+
+
+def audio_to_text(emu: EmulatorProcess, key: str, files: dict[str, Any] | None) -> requests.Response:
+    return requests.post(emu.base_url + "/audio-to-text", headers={"Authorization": f"Bearer {key}"},
+                         data={"user": "u1"}, files=files, timeout=30)
+
+
+def test_audio_routes_follow_the_app_features(emu: EmulatorProcess) -> None:
+    params = requests.get(emu.base_url + "/parameters", headers={"Authorization": "Bearer app-demo-chat"}, timeout=10)
+    assert params.json()["speech_to_text"] == {"enabled": True}
+    assert params.json()["text_to_speech"]["enabled"] is True
+    off = audio_to_text(emu, "app-demo-agent", {"file": ("a.wav", b"hi", "audio/wav")})
+    assert (off.status_code, off.json()["code"], off.json()["message"]) == (
+        400, "invalid_param", "Speech to text is not enabled")
+    tts_off = post(emu, "app-demo-agent", "/text-to-audio", {"text": "hi", "user": "u1"})
+    assert (tts_off.status_code, tts_off.json()["message"]) == (400, "TTS is not enabled")
+    no_text = post(emu, "app-demo-agent", "/text-to-audio", {"user": "u1"})  # checked before the feature
+    assert (no_text.status_code, no_text.json()["message"]) == (400, "Text is required")
+
+
+def test_audio_to_text_checks_in_difys_order(emu: EmulatorProcess) -> None:
+    heard = audio_to_text(emu, "app-demo-chat", {"file": ("a.wav", "ça va".encode(), "audio/wav")})
+    assert (heard.status_code, heard.json()) == (200, {"text": "ça va"})
+    binary = audio_to_text(emu, "app-demo-chat", {"file": ("a.mp3", b"\xff\xfb\x90", "audio/mpeg")})
+    assert binary.json() == {"text": "[3 bytes of audio/mpeg]"}
+    for files, status, code in (
+        (None, 400, "no_audio_uploaded"),
+        ({"file": ("a.wav", b"hi", "audio/x-wav")}, 415, "unsupported_audio_type"),  # the part's type decides
+        ({"file": ("a.wav", b"\0" * (30 * 1024 * 1024 + 1), "audio/wav")}, 413, "audio_too_large"),
+    ):
+        refused = audio_to_text(emu, "app-demo-chat", files)
+        assert (refused.status_code, refused.json()["code"]) == (status, code)
+
+
+def test_text_to_audio_streams_one_chunk_per_word(emu: EmulatorProcess) -> None:
+    spoken = post(emu, "app-demo-chat", "/text-to-audio", {"text": "Good morning", "voice": "v2", "user": "u1"})
+    assert (spoken.status_code, spoken.headers["Content-Type"]) == (200, "audio/mpeg")
+    assert spoken_words(spoken.content) == ["v2:Good", "v2:morning"]
+    default = post(emu, "app-demo-chat", "/text-to-audio", {"text": "Hi", "user": "u1"})
+    assert spoken_words(default.content) == ["emulator-voice:Hi"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
-import time
+import uuid
 
 import openai
 import pytest
@@ -12,7 +12,7 @@ import requests
 
 from tests.conftest import CLIENT_KEY
 from tests.gateway_process import free_port
-from tests.scenarios import raw_chat_request, user_message
+from tests.scenarios import raw_chat_request, user_message, wait_for
 from tests.test_http_surface import assert_openai_error, chat_body, read_sse
 
 
@@ -74,8 +74,11 @@ def test_stream_closed_without_message_end_is_an_error_event(http):
 
 
 def test_non_streaming_error_after_tokens_is_an_http_error(http):
-    assert_openai_error(http("POST", "/v1/chat/completions", json=chat_body("a b c", stream=False,
-                                                                           error_after=2)), 400)
+    """Nothing was sent yet, so Dify's mid-stream error is the answer, mapped as before any token."""
+    response = http("POST", "/v1/chat/completions", json=chat_body("a b c", stream=False, error_after=2))
+    assert assert_openai_error(response, 400) == {"message": "Dify: [openai] Error: emulated model failure",
+                                                  "type": "invalid_request_error", "param": None,
+                                                  "code": "completion_request_error"}
 
 
 def test_dify_unreachable_is_503(start_gateway):
@@ -89,7 +92,7 @@ def test_dify_read_timeout_is_504(start_gateway):
     gateway = start_gateway(TIMEOUT="1")
     response = requests.post(gateway.base_url + "/chat/completions", timeout=30,
                              headers={"Authorization": f"Bearer {CLIENT_KEY}"},
-                             json=chat_body("slow", stream=False, first_delay_ms=3000))
+                             json=chat_body("slow", stream=False, first_delay_ms=600_000))  # silent until dropped
     assert_openai_error(response, 504, "upstream_timeout")
 
 
@@ -97,63 +100,82 @@ def test_stall_mid_stream_ends_with_a_timeout_error_event(start_gateway):
     gateway = start_gateway(TIMEOUT="1")
     response = requests.post(gateway.base_url + "/chat/completions", timeout=30, stream=True,
                              headers={"Authorization": f"Bearer {CLIENT_KEY}"},
-                             json=chat_body("a b c", stall_after=2, stall_s=5))
+                             json=chat_body("a b c", stall_after=2))  # silent until the call is dropped
     lines = read_sse(response)
     assert json.loads(lines[-2][6:])["error"]["code"] == "upstream_timeout" and lines[-1] == "data: [DONE]"
 
 
-def wait_for(condition, seconds: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"{what}: not met within {seconds} s")
+APP_KEYS = "app-demo-chat,app-demo-agent,app-demo-chatflow,app-demo-completion,app-demo-workflow"
+# model -> (app key, the route that runs it, the route that stops its task)
+APP_ROUTES = {
+    "demo-chat": ("app-demo-chat", "/v1/chat-messages", "/v1/chat-messages/{}/stop"),
+    "demo-agent": ("app-demo-agent", "/v1/chat-messages", "/v1/chat-messages/{}/stop"),
+    "demo-chatflow": ("app-demo-chatflow", "/v1/chat-messages", "/v1/chat-messages/{}/stop"),
+    "demo-completion": ("app-demo-completion", "/v1/completion-messages", "/v1/completion-messages/{}/stop"),
+    "demo-workflow": ("app-demo-workflow", "/v1/workflows/run", "/v1/workflows/tasks/{}/stop"),
+}
+
+
+def new_tasks(emulator, before: set[str], count: int) -> set[str]:
+    """The Dify tasks started since `before` was taken, once there are `count` of them."""
+    tasks = set(emulator.streams()["active_tasks"]) - before
+    return tasks if len(tasks) == count else set()
 
 
 @pytest.fixture(scope="module")
 def quiet_gateway(start_gateway):
-    """A gateway that would send no keep-alive for a minute."""
-    return start_gateway(KEEPALIVE_INTERVAL="60")
+    """A gateway for every app type that would send no keep-alive for a minute."""
+    return start_gateway(DIFY_API_KEYS=APP_KEYS, KEEPALIVE_INTERVAL="60")
 
 
+@pytest.mark.parametrize("model", list(APP_ROUTES))
 @pytest.mark.parametrize("ping_interval_s", [0.2, 60])
-def test_client_disconnect_closes_upstream_and_calls_dify_stop(quiet_gateway, recorded, ping_interval_s):
-    """Also while Dify and the gateway are both silent: the client socket is watched."""
-    gateway = quiet_gateway
+def test_client_disconnect_closes_upstream_and_calls_dify_stop(quiet_gateway, recorded, model, ping_interval_s):
+    """Every app type: the task of the run is stopped on its app's stop route, with the run's
+    user. Also while Dify and the gateway are both silent: the client socket is watched."""
+    key, run_path, stop_path = APP_ROUTES[model]
     before = set(recorded.streams()["active_tasks"])  # streams of earlier tests may still be winding down
-    sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
-    sock.sendall(raw_chat_request(chat_body("leave", never_end=True, ping_interval_s=ping_interval_s)))
+    sock = socket.create_connection(("127.0.0.1", quiet_gateway.port), timeout=10)
+    sock.sendall(raw_chat_request(chat_body("leave", model=model, never_end=True, ping_interval_s=ping_interval_s)))
     assert b"200 OK" in sock.recv(65536)
-    [task_id] = wait_for(lambda: set(recorded.streams()["active_tasks"]) - before, what="new Dify stream")
+    [task_id] = wait_for(lambda: new_tasks(recorded, before, 1), "the new Dify stream")
     sock.close()
-    [stop] = wait_for(lambda: [stop for stop in recorded.stops() if stop["task_id"] == task_id], seconds=3,
-                      what=f"stop call for {task_id} (stops: {recorded.stops()})")
-    assert stop["path"] == f"/v1/chat-messages/{task_id}/stop"
-    [call] = [record for record in recorded.requests() if record["path"] == "/v1/chat-messages"]
-    assert stop["user"] == call["json"]["user"] and stop["app_key"] == "app-demo-chat"
-    wait_for(lambda: task_id not in recorded.streams()["active_tasks"], what="upstream stream ended")
+    [stop] = wait_for(lambda: [stop for stop in recorded.stops() if stop["task_id"] == task_id],
+                      f"the stop call for {task_id}")
+    [call] = [record for record in recorded.requests() if record["path"] == run_path and record["app_key"] == key]
+    assert (stop["path"], stop["user"], stop["app_key"]) == (stop_path.format(task_id), call["json"]["user"], key)
+    wait_for(lambda: task_id not in recorded.streams()["active_tasks"], "the end of the upstream stream")
 
 
 def test_finished_streams_call_no_stop(client, recorded):
-    list(client.chat.completions.create(model="demo-chat", messages=user_message("done"), stream=True))
-    time.sleep(0.3)
-    assert recorded.stops() == []
+    """A run Dify finished needs no stop. No event marks a stop that is never made, so a run
+    that must be stopped, asked for next on the same worker, is the marker: once its stop is
+    recorded, one for the finished stream would have been made before it."""
+    finished_user, marker_user = f"finished-{uuid.uuid4()}", f"marker-{uuid.uuid4()}"
+    chunks = client.chat.completions.create(model="demo-chat", messages=user_message("done"), stream=True,
+                                            user=finished_user)
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in chunks) == "You said: done"
+    marker = client.chat.completions.create(model="demo-chat", stop=["two"], user=marker_user,
+                                            messages=user_message("x", chunks=["one ", "two"], never_end=True))
+    assert marker.choices[0].message.content == "one "
+    wait_for(lambda: [stop for stop in recorded.stops() if stop["user"] == marker_user], "the marker run's stop")
+    assert [stop for stop in recorded.stops() if stop["user"] == finished_user] == []
 
 
 @pytest.mark.parametrize("n", [1, 2])
-def test_client_gone_before_dify_answered_cancels_the_calls_cleanly(start_gateway, n):
+def test_client_gone_before_dify_answered_cancels_the_calls_cleanly(start_gateway, recorded, n):
     """The client leaves after the stream was committed (pings) but before Dify's headers:
     the calls in flight are dropped, nothing fails in the worker, and it serves on."""
     gateway = start_gateway(FIRST_EVENT_WAIT="0.3", KEEPALIVE_INTERVAL="0.2")
     workers = gateway.worker_pids()
-    body = {**chat_body("late", first_delay_ms=1500), "n": n}
+    before = set(recorded.streams()["active_tasks"])
+    body = {**chat_body("late", first_delay_ms=600_000), "n": n}  # Dify sends nothing until the call is dropped
     sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
     sock.sendall(raw_chat_request(body))
     assert b"200 OK" in sock.recv(65536)
+    tasks = wait_for(lambda: new_tasks(recorded, before, n), f"{n} Dify calls in flight")
     sock.close()
-    time.sleep(2)
+    wait_for(lambda: not tasks & set(recorded.streams()["active_tasks"]), "the Dify calls dropped")
     reply = requests.post(gateway.base_url + "/chat/completions", headers={"Authorization": f"Bearer {CLIENT_KEY}"},
                           json=chat_body("again", stream=False), timeout=30)
     assert reply.json()["choices"][0]["message"]["content"] == "You said: again"

@@ -12,20 +12,13 @@ import pytest
 import requests
 
 from tests.conftest import CLIENT_KEY
-from tests.raw_dify import RawDify, sse_events
+from tests.raw_dify import sse_events
 from tests.scenarios import user_message
 from tests.test_http_surface import assert_openai_error, read_sse
 
 HEADERS = {"Authorization": f"Bearer {CLIENT_KEY}"}
 EVENTS = sse_events(["Hello ", "wide ", "world"])
 SSE_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-
-
-@pytest.fixture(scope="module")
-def raw_dify():
-    server = RawDify()
-    yield server
-    server.close()
 
 
 @pytest.fixture(scope="module")

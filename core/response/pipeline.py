@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from core.items import END, ERROR, TEXT, Item
+from core.items import END, ERROR, REPLACE, TEXT, Item
 from core.response.stages import StopSequences
 from core.response.tool_parser import ToolCallParser
 
@@ -64,9 +64,23 @@ class OutputPipeline:
             elif kind == ERROR:
                 out += self._flush(broken=True)  # what the model said before the failure is not lost
                 out.append(item)
+            elif kind == REPLACE:
+                self._discard()
+                out.append(item)
             else:
                 out.append(item)
         return out
+
+    def _discard(self) -> None:
+        """Dify replaced the answer (output moderation): what the stages still hold belongs to
+        the text being replaced, so it is dropped, not shown after the replacement (or, for a
+        JSON answer held whole, shown at all); the text after the replacement starts afresh,
+        outside any think block."""
+        for stage in self._stages:
+            if isinstance(stage, ToolCallParser):
+                stage.release()
+            else:
+                stage.flush()
 
     def _flush(self, broken: bool = False) -> list[Item]:
         """What the stages hold; when the answer `broken` off, a half-written tool call is

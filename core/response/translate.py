@@ -11,16 +11,25 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from core.errors import from_dify_error, server_error
+from core.errors import from_dify_error, invalid_request, upstream_failure
 from core.items import CITATIONS, END, ERROR, PING_ITEM, REASONING, REPLACE, TEXT, USAGE_KEYS, Item
 from core.response.reasoning import AgentThoughts
+
+
+def _token_count(value: Any) -> int:
+    """A token count as Dify writes it (an int; a number in a string is taken too). Anything
+    else counts 0: a malformed count must not fail an answer that is otherwise whole."""
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError, OverflowError):
+        return 0
 
 
 def usage_from_dify(usage: Any) -> dict[str, int] | None:
     """OpenAI usage from Dify's `metadata.usage` (ints; Dify's prices are ignored)."""
     if not isinstance(usage, dict):
         return None
-    counts = {key: int(usage.get(key) or 0) for key in USAGE_KEYS}
+    counts = {key: _token_count(usage.get(key)) for key in USAGE_KEYS}
     if not counts["total_tokens"]:
         counts["total_tokens"] = counts["prompt_tokens"] + counts["completion_tokens"]
     return counts
@@ -76,6 +85,24 @@ def sources_text(citations: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _dify_id(value: Any) -> str | None:
+    """An id as Dify writes them (a UUID), or at least a string a response header can carry."""
+    return value if isinstance(value, str) and value and value.isascii() and value.isprintable() else None
+
+
+def pause_note(titles: list[str]) -> str:
+    """The visible note that ends the answer of a run paused in Dify (README, "How OpenAI maps
+    onto Dify"): where it waits, when Dify named the Human Input nodes."""
+    if not titles:
+        return "[Paused in Dify]"
+    return f"[Paused in Dify: waiting for input at {', '.join(titles)}]"
+
+
+# With WORKFLOW_PROGRESS, a line of reasoning when one of these starts a node (Iteration and Loop
+# containers get no node_started, only their own events, docs/dify.md 4.5) or retries it.
+_PROGRESS_EVENTS = frozenset({"node_started", "iteration_started", "loop_started", "node_retry"})
+
+
 class DifyEventTranslator:
     """State of one Dify stream, for every app mode."""
 
@@ -103,13 +130,16 @@ class DifyEventTranslator:
         self._iteration_text: list[str] = []
         self._text_seen = False
         self._workflow_succeeded = False
+        self._waiting_at: list[str] = []  # the Human Input nodes a pausing run named (human_input_required)
 
     def feed(self, event: dict[str, Any]) -> list[Item]:
         name = event.get("event")
         if self.task_id is None and event.get("task_id"):
             self.task_id = event["task_id"]
-            self.conversation_id = event.get("conversation_id") or None
-            self.message_id = event.get("message_id") or None
+            # They go into a response header and memory mode 2's reply suffix, where anything
+            # else (a number, a newline, a character outside ASCII) would break the answer.
+            self.conversation_id = _dify_id(event.get("conversation_id"))
+            self.message_id = _dify_id(event.get("message_id"))
         if name == "message_replace":
             return [(REPLACE, str(event.get("answer") or ""))]
         answer = event.get("answer")
@@ -121,9 +151,10 @@ class DifyEventTranslator:
             return self._agent_thought(event)
         if name == "message_file":
             return self._message_file(event)
-        if name == "node_started" and self._node_progress:
-            node = event.get("data") or {}
-            return [(REASONING, f"Running {node.get('title') or 'node'} ({node.get('node_type') or '?'})\n")]
+        if name in _PROGRESS_EVENTS:
+            return self._progress(name, event.get("data")) if self._node_progress else []
+        if name == "reasoning_chunk":
+            return self._reasoning_chunk(event.get("data"))
         if name == "text_chunk":  # workflow apps stream End-node text this way
             return self._text(name, (event.get("data") or {}).get("text"))
         if name == "text_replace":
@@ -135,8 +166,20 @@ class DifyEventTranslator:
         if name == "error":
             self.finished = True
             return [(ERROR, from_dify_error(400, event))]
+        if name == "human_input_required":
+            form = event.get("data")
+            title = form.get("node_title") if isinstance(form, dict) else None
+            if isinstance(title, str) and title and title not in self._waiting_at:
+                self._waiting_at.append(title)
+            return []
+        if name == "workflow_paused":
+            return self._paused(event.get("data"))
         if name == "workflow_finished":
-            return self._workflow_finished(event.get("data") or {})
+            # Dify >= 1.15 reports a run that failed before its graph started as a synthetic
+            # pair whose task_id is the workflow run id (docs/dify.md 4.4, 4.6).
+            task_id = event.get("task_id")
+            pre_run = bool(task_id) and task_id == event.get("workflow_run_id")
+            return self._workflow_finished(event.get("data") or {}, pre_run)
         return []
 
     def _text(self, name: str | None, answer: Any) -> list[Item]:
@@ -172,19 +215,54 @@ class DifyEventTranslator:
         link = f"![image]({url})" if event.get("type") == "image" else f"[file]({url})"
         return [(TEXT, f"\n\n{link}\n\n")]
 
-    def _workflow_finished(self, data: dict[str, Any]) -> list[Item]:
+    def _progress(self, name: str, node: Any) -> list[Item]:
+        """WORKFLOW_PROGRESS: a reasoning line as a node starts (an Iteration or a Loop too) and
+        when Dify retries one that failed (node_retry, docs/dify.md 4.5)."""
+        node = node if isinstance(node, dict) else {}
+        what = f"{node.get('title') or 'node'} ({node.get('node_type') or '?'})"
+        return [(REASONING, f"Retrying {what}\n" if name == "node_retry" else f"Running {what}\n")]
+
+    def _reasoning_chunk(self, data: Any) -> list[Item]:
+        """An LLM node's separated reasoning (Dify >= 1.15, docs/dify.md 4.5): reasoning, never
+        content (the answer's `message` events carry no <think> then); the empty `is_final`
+        marker adds nothing."""
+        text = data.get("reasoning") if isinstance(data, dict) else None
+        return [(REASONING, text)] if isinstance(text, str) and text else []
+
+    def _paused(self, data: Any) -> list[Item]:
+        """workflow_paused (Dify >= 1.13, docs/dify.md 4.5 "Human input") ends the stream: the run
+        waits for someone to fill a Human Input form and resumes only through Dify's own form
+        endpoints, never in this answer. The answer ends normally, with the text so far and a
+        visible note naming where the run waits; its usage is the run's token count so far."""
+        data = data if isinstance(data, dict) else {}
+        reasons = data.get("reasons") if isinstance(data.get("reasons"), list) else []
+        named = [reason.get("node_title") for reason in reasons if isinstance(reason, dict)]
+        titles = list(dict.fromkeys(title for title in named if isinstance(title, str) and title)) or self._waiting_at
+        if self.usage is None and "total_tokens" in data:  # a workflow's count, as in workflow_finished
+            total = data["total_tokens"]
+            self.usage = usage_from_dify({"completion_tokens": total, "total_tokens": total})
+        note = ("\n\n" if self._text_seen else "") + pause_note(titles)
+        self._text_seen = True
+        return [(TEXT, note)] + self._end("stop")
+
+    def _workflow_finished(self, data: dict[str, Any], pre_run: bool = False) -> list[Item]:
         # Chatflow: >= 1.13.1 sends message_end before workflow_finished, <= 1.12 after it.
         status = data.get("status")
         if status == "failed":
             self.finished = True
             reason = data.get("error") or "no reason given"
-            return [(ERROR, server_error(f"Dify workflow failed: {reason}", 502, "workflow_failed"))]
+            if pre_run:
+                # Nothing ran, and the usual causes are the request's inputs or files: the
+                # client's request was refused, as Dify before 1.13 refused it with an HTTP 400.
+                return [(ERROR, invalid_request(f"Dify could not start the workflow: {reason}",
+                                                code="workflow_not_started"))]
+            return [(ERROR, upstream_failure(f"Dify workflow failed: {reason}", 502, "workflow_failed"))]
         if status == "stopped":
             return self._end("stop")
         if self.app_mode != "workflow":
             self._workflow_succeeded = True  # chatflow: message_end carries the usage
             return []
-        total = int(data.get("total_tokens") or 0)
+        total = _token_count(data.get("total_tokens"))
         self.usage = {"prompt_tokens": 0, "completion_tokens": total, "total_tokens": total}
         # Text the End node streamed is the answer; otherwise it is in the outputs.
         answer = "" if self._text_seen else outputs_text(data.get("outputs"))
@@ -215,5 +293,5 @@ class DifyEventTranslator:
         if self._workflow_succeeded:  # Dify 1.13.0 cut chatflow streams at workflow_finished.
             return self._end("stop")
         self.finished = True
-        return [(ERROR, server_error("Dify closed the stream before the answer was complete", 502,
+        return [(ERROR, upstream_failure("Dify closed the stream before the answer was complete", 502,
                                      "upstream_incomplete"))]
