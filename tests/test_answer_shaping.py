@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import openai
 import pytest
@@ -12,8 +11,8 @@ import requests
 from core.items import TEXT
 from core.response.stages import StopSequences, json_answer
 from tests.conftest import CLIENT_KEY
-from tests.scenarios import user_message
-from tests.test_http_surface import read_sse
+from tests.scenarios import EVENT_WAIT, running_dify_answer, user_message
+from tests.test_http_surface import assert_openai_error, read_sse
 
 
 def stream_text(client, **kwargs) -> tuple[str, str]:
@@ -33,19 +32,34 @@ def test_stop_sequence_split_across_pieces_unit():
     assert near_miss.feed("xEN") == [(TEXT, "x")] and near_miss.flush() == [(TEXT, "EN")]
 
 
+@pytest.fixture(scope="module")
+def raw_client(raw_dify, start_gateway):
+    gateway = start_gateway(DIFY_API_BASE=raw_dify.base_url, DIFY_API_KEYS="app-raw")
+    return openai.OpenAI(base_url=gateway.base_url, api_key=CLIENT_KEY, max_retries=0, timeout=30)
+
+
 @pytest.mark.parametrize("stream", [False, True])
-def test_stop_sequences_cut_the_answer_and_stop_dify(client, recorded, stream):
-    messages = user_message("x", chunks=["one ", "two ", "th", "ree ", "four ", "five"], delay_ms=30)
+def test_stop_sequences_cut_the_answer_and_stop_dify(raw_dify, raw_client, stream):
+    """The rest of the Dify run is not needed: its own task is stopped, with the run's user.
+
+    The raw fake Dify names the task (the emulator's task ids are random and gone once the
+    task ends) and keeps the run going after the words, so only the stop ends it."""
+    raw_dify.answer, task_id = running_dify_answer(["one ", "two ", "th", "ree ", "four ", "five"])
+    raw_dify.pause = 0.03  # each word in its own read: the stop sequence arrives in two pieces
+    before = len(raw_dify.calls)
+    messages = user_message("count")
     if stream:
-        text, finish = stream_text(client, model="demo-chat", messages=messages, stop=["three", "zzz"])
+        text, finish = stream_text(raw_client, model="raw-chat", messages=messages, stop=["three", "zzz"])
     else:
-        choice = client.chat.completions.create(model="demo-chat", messages=messages, stop="three").choices[0]
+        choice = raw_client.chat.completions.create(model="raw-chat", messages=messages, stop="three").choices[0]
         text, finish = choice.message.content, choice.finish_reason
     assert (text, finish) == ("one two ", "stop")
-    deadline = time.monotonic() + 5
-    while not recorded.stops():  # the rest of the Dify run is not needed
-        assert time.monotonic() < deadline, "no Dify stop call after the stop sequence"
-        time.sleep(0.05)
+    stopped = raw_dify.wait_for(lambda calls: any(call.path.endswith("/stop") for call in calls[before:]), EVENT_WAIT)
+    assert stopped, f"no stop call within {EVENT_WAIT} s"
+    run, stop = [call for call in raw_dify.calls[before:] if call.path.startswith("/v1/chat-messages")]
+    assert (run.method, run.path, stop.method, stop.path, stop.key) == (
+        "POST", "/v1/chat-messages", "POST", f"/v1/chat-messages/{task_id}/stop", "app-raw")
+    assert json.loads(stop.body) == {"user": json.loads(run.body)["user"]}
 
 
 def test_stop_sequences_on_text_completions(client):
@@ -112,15 +126,33 @@ def test_chatflow_node_progress_as_reasoning_when_asked(progress_client, client)
     assert getattr(default, "reasoning_content", None) is None  # off by default
 
 
+WORKFLOW_FAILED = {"message": "Dify workflow failed: node broke", "type": "server_error", "param": None,
+                   "code": "workflow_failed"}
+
+
+def post_failing_chatflow(gateway, order: str, **scenario) -> requests.Response:
+    body = {"model": "demo-chatflow", "stream": True, "messages": user_message(
+        "x", workflow_status="failed", workflow_error="node broke", chatflow_order=order, **scenario)}
+    return requests.post(gateway.base_url + "/chat/completions", json=body, stream=True, timeout=30,
+                         headers={"Authorization": f"Bearer {CLIENT_KEY}"})
+
+
 @pytest.mark.parametrize("order", ["post1131", "pre113"])
-def test_chatflow_failure_is_an_error_in_both_event_orders(progress_client, order):
+def test_chatflow_failure_after_output_ends_the_stream_with_an_error_event(progress_client, order):
+    """Dify sends the node progress and the answer before the failing node ends: the stream
+    is committed, keeps what came, and ends with the error."""
     gateway, _ = progress_client
-    body = {"model": "demo-chatflow", "stream": True,
-            "messages": user_message("x", workflow_status="failed", workflow_error="node broke", chatflow_order=order)}
-    response = requests.post(gateway.base_url + "/chat/completions", json=body, stream=True, timeout=30,
-                             headers={"Authorization": f"Bearer {CLIENT_KEY}"})
-    if response.status_code == 200:  # the failure came after some text
-        lines = read_sse(response)
-        assert "node broke" in json.loads(lines[-2][6:])["error"]["message"]
-    else:
-        assert response.status_code == 502 and "node broke" in response.json()["error"]["message"]
+    response = post_failing_chatflow(gateway, order)
+    assert response.status_code == 200
+    lines = read_sse(response)
+    assert lines[-1] == "data: [DONE]" and json.loads(lines[-2][6:]) == {"error": WORKFLOW_FAILED}
+    deltas = [json.loads(line[6:])["choices"][0]["delta"] for line in lines[:-2] if line.startswith("data: {")]
+    progress = "".join(delta.get("reasoning_content") or "" for delta in deltas)
+    assert progress == "Running Start (start)\nRunning LLM (llm)\n"
+    assert "".join(delta.get("content") or "" for delta in deltas) == "You said: x"
+
+
+@pytest.mark.parametrize("order", ["post1131", "pre113"])
+def test_chatflow_failure_before_any_output_is_a_502(gateway, order):
+    error = assert_openai_error(post_failing_chatflow(gateway, order, chunks=[]), 502)
+    assert error == WORKFLOW_FAILED

@@ -14,6 +14,8 @@ import openai
 import requests
 
 from tests.gateway_process import ROOT, free_port
+from tests.test_conversation_memory import SEPARATOR
+from tests.test_memory_codec import reference_encode
 
 
 def test_demo_mode_serves_the_bundled_emulator_and_stops_it(tmp_path):
@@ -41,8 +43,15 @@ def test_demo_mode_serves_the_bundled_emulator_and_stops_it(tmp_path):
                 assert time.monotonic() < deadline, "the demo gateway did not come up"
                 time.sleep(0.2)
         assert models == ["demo-chat", "demo-agent", "demo-chatflow", "demo-completion", "demo-workflow"]
-        reply = client.chat.completions.create(model="demo-chat", messages=[{"role": "user", "content": "Hello!"}])
-        assert reply.choices[0].message.content.startswith("You said: Hello!")
+        raw = client.chat.completions.with_raw_response.create(
+            model="demo-chat", messages=[{"role": "user", "content": "Hello!"}], user="demo-user")
+        conversation_id = raw.headers["X-Dify-Conversation-Id"]
+        [message] = requests.get(f"http://127.0.0.1:{emulator_port}/v1/messages", timeout=10,
+                                 headers={"Authorization": "Bearer app-demo-chat"},
+                                 params={"conversation_id": conversation_id, "user": "demo-user"}).json()["data"]
+        # Memory mode 2 by default: the reply carries its Dify message and conversation ids, invisibly.
+        assert raw.parse().choices[0].message.content == (
+            "You said: Hello!" + reference_encode(message["id"]) + SEPARATOR + reference_encode(conversation_id))
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(30)
@@ -53,7 +62,8 @@ def test_demo_mode_serves_the_bundled_emulator_and_stops_it(tmp_path):
 def test_open_access_on_loopback_needs_no_key(start_gateway):
     gateway = start_gateway(VALID_API_KEYS="")
     response = requests.get(gateway.base_url + "/models", timeout=10)
-    assert response.status_code == 200 and response.json()["data"]
+    assert response.status_code == 200
+    assert [model["id"] for model in response.json()["data"]] == ["demo-chat", "demo-agent", "demo-chatflow"]
 
 
 def test_open_access_on_a_public_bind_refuses_to_start(tmp_path):

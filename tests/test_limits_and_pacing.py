@@ -10,30 +10,35 @@ import pytest
 import requests
 
 from tests.conftest import CLIENT_KEY
-from tests.scenarios import raw_chat_request, user_message
-from tests.test_http_surface import assert_openai_error
+from tests.scenarios import EVENT_WAIT, raw_chat_request, running_dify_answer, user_message, wait_for
+from tests.test_http_surface import assert_openai_error, read_sse
 
 HEADERS = {"Authorization": f"Bearer {CLIENT_KEY}"}
-BURSTY = {"tokens": 60, "burst": 15, "delay_ms": 400}  # 4 bursts of 15 words, 400 ms apart
+# 4 bursts of 15 words, 400 ms apart; then the run stays open (pings only) until it is stopped.
+BURSTY = {"tokens": 60, "burst": 15, "delay_ms": 400, "never_end": True}
+BURSTY_TEXT = "".join(f"w{i} " for i in range(1, 61))
 
 
-def arrivals(gateway, scenario) -> tuple[list[float], str, float]:
-    """(arrival time of each content-carrying write, the text, when the stream ended)."""
-    started = time.monotonic()
-    response = requests.post(gateway.base_url + "/chat/completions", headers=HEADERS, stream=True, timeout=30,
-                             json={"model": "demo-chat", "stream": True, "messages": user_message("x", **scenario)})
-    times, text = [], ""
-    for raw in response.iter_content(chunk_size=None):
-        pieces = [json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
-                  for line in raw.decode().split("\n") if line.startswith("data: {")]
-        if any(pieces):
-            times.append(time.monotonic() - started)
-            text += "".join(pieces)
-    return times, text, time.monotonic() - started
+def content_writes(gateway, scenario: dict, text: str) -> list[str]:
+    """The content of each write of a stream that carries some, read until `text` is complete.
 
-
-def writes_after_first_burst(times: list[float]) -> int:
-    return sum(1 for t in times if t > times[0] + 0.2)
+    With `never_end` Dify's run stays open after its last word, so nothing is pushed out by the
+    end of the stream: the whole text must come while Dify is still running."""
+    deadline = time.monotonic() + EVENT_WAIT
+    body = {"model": "demo-chat", "stream": True, "messages": user_message("x", **scenario)}
+    with requests.post(gateway.base_url + "/chat/completions", headers=HEADERS, stream=True, timeout=30,
+                       json=body) as response:
+        assert response.status_code == 200, response.text
+        writes: list[str] = []
+        for raw in response.iter_content(chunk_size=None):  # one HTTP chunk: one write of the gateway
+            content = "".join(json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+                              for line in raw.decode().split("\n") if line.startswith("data: {"))
+            if content:
+                writes.append(content)
+            if "".join(writes) == text:
+                return writes
+            assert time.monotonic() < deadline, f"the text is not complete within {EVENT_WAIT} s: {writes}"
+    raise AssertionError(f"the stream ended before the text was complete: {writes}")
 
 
 @pytest.fixture(scope="module")
@@ -41,26 +46,25 @@ def unpaced(start_gateway):
     return start_gateway(SMOOTH_OUTPUT="off")
 
 
-def test_bursts_are_spread_without_slowing_the_stream(gateway, unpaced):
-    paced_times, paced_text, paced_end = arrivals(gateway, BURSTY)
-    raw_times, raw_text, raw_end = arrivals(unpaced, BURSTY)
-    assert paced_text == raw_text == "".join(f"w{i} " for i in range(1, 61))
-    # Unpaced: one write per burst. Paced: the later bursts arrive in many small pieces.
-    assert writes_after_first_burst(raw_times) <= 4
-    assert writes_after_first_burst(paced_times) >= 12
-    # ... and the end is not held back (the pacer spreads text until the next burst is due).
-    assert paced_end <= raw_end + 0.5
+def test_bursts_are_spread_and_never_held_back(gateway, unpaced):
+    """Unpaced, each of Dify's bursts is one write; paced, the later bursts come in many small
+    pieces. And the pacer holds nothing back waiting for more: the whole text arrives while Dify's
+    run is still open (how soon, to the millisecond, test_smooth checks on a fake clock)."""
+    raw_writes = content_writes(unpaced, BURSTY, BURSTY_TEXT)
+    paced_writes = content_writes(gateway, BURSTY, BURSTY_TEXT)
+    assert len(raw_writes) <= 4
+    assert len(paced_writes) >= 13
 
 
 def test_steady_streams_pass_straight_through(gateway):
-    times, text, _ = arrivals(gateway, {"tokens": 20, "delay_ms": 20})
-    assert text == "".join(f"w{i} " for i in range(1, 21)) and len(times) >= 15
+    writes = content_writes(gateway, {"tokens": 20, "delay_ms": 20}, "".join(f"w{i} " for i in range(1, 21)))
+    assert len(writes) >= 15
 
 
 @pytest.fixture(scope="module")
 def small_gateway(start_gateway):
     return start_gateway(MAX_CONCURRENT_REQUESTS="2", MAX_REQUEST_MB="0.05", MAX_MESSAGES="3",
-                         MAX_PROMPT_CHARS="200", STREAM_DEADLINE="2")
+                         MAX_PROMPT_CHARS="200")
 
 
 def test_admission_beyond_the_limit_is_503_with_retry_after(small_gateway):
@@ -81,14 +85,13 @@ def test_admission_beyond_the_limit_is_503_with_retry_after(small_gateway):
     finally:
         for sock in held:
             sock.close()
-    deadline = time.monotonic() + 5
-    while True:  # the slots come back when the streams end
+
+    def admitted():  # the slots come back when the streams end
         response = requests.post(small_gateway.base_url + "/chat/completions", headers=HEADERS, timeout=10,
                                  json={"model": "demo-chat", "messages": user_message("again")})
-        if response.status_code == 200:
-            break
-        assert time.monotonic() < deadline, "admission slots were not released"
-        time.sleep(0.1)
+        return response.status_code == 200
+
+    wait_for(admitted, "admission slots released")
 
 
 def test_size_limits(small_gateway):
@@ -107,15 +110,31 @@ def test_size_limits(small_gateway):
     assert_openai_error(prompt, 400, "context_length_exceeded", "prompt")
 
 
-def test_stream_deadline_ends_an_endless_stream(small_gateway, recorded):
+@pytest.fixture(scope="module")
+def deadline_gateway(raw_dify, start_gateway):
+    return start_gateway(DIFY_API_BASE=raw_dify.base_url, DIFY_API_KEYS="app-raw", STREAM_DEADLINE="2")
+
+
+def test_stream_deadline_ends_an_endless_stream_and_stops_its_task(raw_dify, deadline_gateway):
+    """Dify's run never ends and keeps pinging: STREAM_DEADLINE ends the answer, and the run's
+    own task is stopped with its user (the raw fake Dify names the task)."""
+    raw_dify.answer, task_id = running_dify_answer(["You ", "said: ", "forever"], pings=200)
+    raw_dify.pause = 0.3  # a ping every 0.3 s, for a minute
+    before = len(raw_dify.calls)
     started = time.monotonic()
-    response = requests.post(small_gateway.base_url + "/chat/completions", headers=HEADERS, stream=True, timeout=30,
-                             json={"model": "demo-chat", "stream": True,
-                                   "messages": user_message("forever", never_end=True, ping_interval_s=0.3)})
-    lines = [line for line in response.iter_lines(decode_unicode=True) if line]
-    assert 1.5 < time.monotonic() - started < 10
-    assert json.loads(lines[-2][6:])["error"]["code"] == "upstream_timeout" and lines[-1] == "data: [DONE]"
-    deadline = time.monotonic() + 5
-    while not recorded.stops():
-        assert time.monotonic() < deadline, "the Dify task was not stopped"
-        time.sleep(0.05)
+    response = requests.post(deadline_gateway.base_url + "/chat/completions", headers=HEADERS, stream=True, timeout=30,
+                             json={"model": "raw-chat", "stream": True, "messages": user_message("forever")})
+    lines = read_sse(response)
+    assert time.monotonic() - started >= 2.0  # a lower bound only: the deadline is never early, load only delays
+    assert lines[-1] == "data: [DONE]" and json.loads(lines[-2][6:]) == {"error": {
+        "message": "Dify did not answer in time: the stream reached its deadline (STREAM_DEADLINE)",
+        "type": "server_error", "param": None, "code": "upstream_timeout"}}
+    text = "".join(json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+                   for line in lines[:-2] if line.startswith("data: {"))
+    assert text == "You said: forever"
+    stopped = raw_dify.wait_for(lambda calls: any(call.path.endswith("/stop") for call in calls[before:]), EVENT_WAIT)
+    assert stopped, f"no stop call within {EVENT_WAIT} s"
+    run, stop = [call for call in raw_dify.calls[before:] if call.path.startswith("/v1/chat-messages")]
+    assert (run.path, stop.method, stop.path, stop.key) == (
+        "/v1/chat-messages", "POST", f"/v1/chat-messages/{task_id}/stop", "app-raw")
+    assert json.loads(stop.body) == {"user": json.loads(run.body)["user"]}

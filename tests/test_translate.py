@@ -125,11 +125,16 @@ def test_usage_chunk_only_when_asked_and_summed_over_choices():
     usage = {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
     encoders = [ChatChunkEncoder("c", 1, "m", index) for index in range(2)]
     batches = [(1, [(TEXT, "b")]), (0, [(TEXT, "a"), (END, ("stop", usage))]), (1, [(END, ("stop", usage))])]
-    assert body(batches, encoders)[-2:] == [body(batches, encoders)[-2], "data: [DONE]"]
+    plain = body(batches, encoders)
+    assert plain[-1] == "data: [DONE]"  # not asked: the last choice's finish chunk is the last chunk, no usage
+    assert json.loads(plain[-2][6:]) == {
+        "id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "system_fingerprint": None,
+        "choices": [{"index": 1, "delta": {}, "logprobs": None, "finish_reason": "stop"}]}
+    assert not any(c["choices"] == [] or "usage" in c for c in chunks_of(plain))
     chunks = chunks_of(body(batches, encoders, include_usage=True))
     assert [c["choices"][0]["index"] for c in chunks[:-1]] == [0, 1, 1, 0, 0, 1]
-    assert chunks[-1]["usage"] == {"prompt_tokens": 2, "completion_tokens": 4, "total_tokens": 6}
-    assert not any(c["choices"] == [] for c in chunks_of(body(batches, encoders)))
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == {"prompt_tokens": 2, "completion_tokens": 4,
+                                                                     "total_tokens": 6}
 
 
 def test_error_item_ends_the_stream_with_an_error_event():
@@ -189,9 +194,12 @@ def test_what_arrived_before_commit_goes_out_with_the_opening_in_one_write():
     encoder = ChatChunkEncoder("c", 1, "m")
     writes = list(sse_body(pulled([(0, [(END, ("stop", None))])]), [encoder], False, lambda: None,
                            first=[(0, [(TEXT, "Hi")])]))
-    assert len(writes) == 2
-    assert b'"role":"assistant"' in writes[0] and b'"content":"Hi"' in writes[0]
-    assert writes[1].endswith(b"data: [DONE]\n\n")
+    # The empty write after the opening lets the server drop its reference to the first one.
+    assert writes[1] == b""
+    sent = [write for write in writes if write]
+    assert len(sent) == 2
+    assert b'"role":"assistant"' in sent[0] and b'"content":"Hi"' in sent[0]
+    assert sent[1].endswith(b"data: [DONE]\n\n")
     whole = list(sse_body(pulled([]), [encoder], False, lambda: None,
                           first=[(0, [(TEXT, "Hi"), (END, ("stop", None))])]))
     assert len(whole) == 1 and whole[0].endswith(b"data: [DONE]\n\n")
