@@ -25,11 +25,18 @@ $(BIN)/.dev: requirements.lock requirements-dev.lock
 run: $(BIN)/.runtime
 	$(BIN)/python openai_to_dify.py
 
-## Run every test: unit tests and the gateway served for real against the emulator.
-test: $(BIN)/.dev
+# Codex CLI for the Responses API tests, pinned by tests/codex/package-lock.json (npm from Node.js).
+CODEX := tests/codex/node_modules/.bin/codex
+
+$(CODEX): tests/codex/package-lock.json
+	npm ci --prefix tests/codex --no-audit --no-fund --loglevel=error
+	touch $@
+
+## Run every test: unit tests and the gateway served for real against the emulator and real clients.
+test: $(BIN)/.dev $(CODEX)
 	$(BIN)/python -m pytest -q
 
-## Benchmarks: the gateway against the emulator called directly, in one run.
+## Benchmarks: the gateway against the emulator called directly, and 10,000 held streams, in one run.
 bench: $(BIN)/.dev
 	$(BIN)/python -m bench
 

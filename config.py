@@ -13,8 +13,10 @@ points print it and exit instead of showing a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
+import resource
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -137,7 +139,7 @@ def log_level(text: str) -> Any:
 # --- the table ---------------------------------------------------------------------------------
 
 REQUIRED: Any = object()  # the default of a setting that has none
-DERIVED: Any = object()  # the default is computed from other settings (see _derive)
+DERIVED: Any = object()  # the default is computed from other settings or the open-files limit (see _derive)
 
 
 @dataclass(frozen=True)
@@ -218,14 +220,21 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SERVER_HOST", "server_host", text_or_default, "127.0.0.1", "bind address"),
     Setting("SERVER_PORT", "server_port", whole(0, 65535), 8000, "bind port"),
     Setting("WORKERS", "workers", whole(1), 2, "gunicorn gevent workers"),
-    Setting("WORKER_CONNECTIONS", "worker_connections", whole(1), 1000,
-            "connections per worker; also the size of the Dify connection pool"),
+    Setting("WORKER_CONNECTIONS", "worker_connections", whole(1), DERIVED,
+            "connections per worker; also the size of the Dify connection pool "
+            "(default: from the open-files limit, (limit - 100) / 2, at most 10000)"),
     Setting("GUNICORN_TIMEOUT", "gunicorn_timeout", whole(0), 60, "worker watchdog in seconds (not a stream limit)"),
     Setting("GRACEFUL_TIMEOUT", "graceful_timeout", whole(0), 120,
             "seconds in-flight streams get to finish on SIGTERM/SIGHUP"),
     Setting("KEEPALIVE", "keepalive", whole(0), 5, "HTTP keep-alive seconds"),
     Setting("ACCESS_LOG", "access_log", text_or_none, "-", "gunicorn access log (- stdout, empty for none)"),
     Setting("LOG_LEVEL", "log_level", log_level, "INFO", "DEBUG, INFO, WARNING, ERROR or CRITICAL"),
+    Setting("LOG_FORMAT", "log_format", choice("text", "json"), "text",
+            "text, or json: every log line (access and application) one JSON object"),
+    # Operations
+    Setting("METRICS", "metrics", flag, True, "Prometheus metrics at GET /metrics, added up over the workers"),
+    Setting("METRICS_PUBLIC", "metrics_public", flag, False,
+            "serve /metrics without a client key even when VALID_API_KEYS is set"),
 )
 
 
@@ -272,6 +281,9 @@ class Settings:
     keepalive: int
     access_log: str | None
     log_level: str
+    log_format: str
+    metrics: bool
+    metrics_public: bool
 
     @property
     def open_access(self) -> bool:
@@ -318,20 +330,55 @@ def _value(setting: Setting, env: Mapping[str, str]) -> Any:
     return setting.default if value is DEFAULT else value
 
 
-def _derive(values: dict[str, Any]) -> None:
-    """Defaults computed from other settings."""
+# A held stream keeps two files open in its worker, the client's socket and Dify's; the rest of a
+# worker (its listening socket, logs, metrics files, event loop, stop calls in flight) fits in a
+# reserve. More connections than MAX_WORKER_CONNECTIONS belong on more workers (one core each).
+FD_RESERVE = 100
+MAX_WORKER_CONNECTIONS = 10_000
+MAX_OPEN_FILES = 1 << 20  # Linux's default fs.nr_open: the soft limit when the hard one is unlimited
+
+
+def connections_for(open_files: int) -> int:
+    """WORKER_CONNECTIONS' default for a worker that may open `open_files` files."""
+    return max(1, min(MAX_WORKER_CONNECTIONS, (open_files - FD_RESERVE) // 2))
+
+
+def open_files_limit() -> int:
+    """This process's soft limit on open files (a gunicorn worker inherits its master's)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return MAX_OPEN_FILES if soft == resource.RLIM_INFINITY else soft
+
+
+def raise_open_files_limit() -> int:
+    """Lift the soft limit on open files to the hard one (at most MAX_OPEN_FILES); returns the
+    limit now in force. gunicorn.conf.py calls it in the master, before the settings are read
+    and before the workers fork, so that they inherit it and size WORKER_CONNECTIONS from it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = MAX_OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, MAX_OPEN_FILES)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        # A kernel maximum below the hard limit (macOS) refuses it: the soft limit stays.
+        with contextlib.suppress(OSError, ValueError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    return open_files_limit()
+
+
+def _derive(values: dict[str, Any], open_files: int) -> None:
+    """Defaults computed from other settings, and from the open-files limit."""
+    if values["worker_connections"] is DERIVED:
+        values["worker_connections"] = connections_for(open_files)
     if values["max_concurrent_requests"] is DERIVED:
         # Below WORKER_CONNECTIONS, so that refusals and health checks still get through.
         values["max_concurrent_requests"] = max(1, values["worker_connections"] * 9 // 10)
 
 
-def load_settings(env: Mapping[str, str] | None = None) -> Settings:
-    """Build the Settings from `env` (default: `.env` merged under the process environment)."""
+def load_settings(env: Mapping[str, str] | None = None, open_files: int | None = None) -> Settings:
+    """Build the Settings from `env` (default: `.env` merged under the process environment) and
+    the open-files limit (default: this process's)."""
     if env is None:
         load_env_file()
         env = os.environ
     values = {setting.field: _value(setting, env) for setting in SETTINGS}
-    _derive(values)
+    _derive(values, open_files_limit() if open_files is None else open_files)
     settings = Settings(**values)
     if settings.open_access and not settings.allow_open_access and not is_loopback(settings.server_host):
         raise ConfigError(

@@ -1,11 +1,21 @@
 """gunicorn settings for OpenDify, taken from config.py's table (validated there, once).
 
 Imports nothing heavy: the gevent worker monkey-patches the process after this file is read.
-A bad value stops the master at once with one line naming the variable.
+A bad value stops the master at once with one line naming the variable. The master first lifts
+its open-files limit to the hard limit: the workers inherit it, and WORKER_CONNECTIONS (and with
+it the Dify pool and MAX_CONCURRENT_REQUESTS) defaults to what it allows. With METRICS on, the
+master gives its workers one directory to count into (prometheus_client's multiprocess mode,
+PROMETHEUS_MULTIPROC_DIR), so GET /metrics adds up every worker.
 """
 
-from config import ConfigError, load_settings
+import os
+import shutil
+import tempfile
 
+from config import ConfigError, load_settings, raise_open_files_limit
+from edge.logs import gunicorn_log_config
+
+_open_files = raise_open_files_limit()
 try:
     _settings = load_settings()
 except ConfigError as exc:
@@ -15,6 +25,7 @@ bind = f"{_settings.server_host}:{_settings.server_port}"
 workers = _settings.workers
 worker_class = "gevent"
 # Concurrent connections per worker (held streams count); also sizes the Dify connection pool.
+# By default two open files each (client and Dify sockets) within the open-files limit.
 worker_connections = _settings.worker_connections
 # A watchdog for a stuck worker, not a limit on stream length (gevent workers keep beating).
 timeout = _settings.gunicorn_timeout
@@ -23,5 +34,40 @@ graceful_timeout = _settings.graceful_timeout
 keepalive = _settings.keepalive
 preload_app = False
 control_socket_disable = True
-accesslog = _settings.access_log
 loglevel = _settings.log_level.lower()
+# With LOG_FORMAT=json the gateway writes its own access lines (edge/observe.py), with more fields.
+accesslog = None if _settings.log_format == "json" else _settings.access_log
+logconfig_dict = gunicorn_log_config(_settings.log_format == "json")
+
+if _settings.metrics and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    # Read when the workers import prometheus_client, so set before they start. The directory is
+    # this server's own, made here and removed when the master exits.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir = tempfile.mkdtemp(prefix="opendify-metrics-")
+else:
+    _metrics_dir = None
+
+
+def when_ready(server):
+    server.log.info("Open files limit %d: %d connections and %d concurrent requests per worker", _open_files,
+                    _settings.worker_connections, _settings.max_concurrent_requests)
+
+
+def post_fork(server, worker):
+    """gevent records where each greenlet was spawned, for its debugging reports (which the
+    gateway never asks for): a walk of the stack at every spawn, and ~300 bytes per held stream."""
+    import gevent
+
+    gevent.config.track_greenlet_tree = False
+
+
+def child_exit(server, worker):
+    """A worker's live gauges (streams being relayed) leave with it; its counts stay."""
+    if _settings.metrics:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _metrics_dir:
+        shutil.rmtree(_metrics_dir, ignore_errors=True)

@@ -39,15 +39,18 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     from flask import Flask
 
+    from dify_io import metrics
     from dify_io.client import DifyClient
     from dify_io.registry import AppRegistry
-    from edge import chat, completions, docs, health, hooks, models
+    from edge import audio, chat, completions, docs, health, hooks, models, responses
+    from edge import metrics as metrics_page
     from edge.admission import Admission
+    from edge.observe import configure_logging
     from edge.wiring import install_gateway
     from engine.gateway import Gateway
 
     settings = settings or load_settings()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings)
     # urllib3 logs each connection retry; the gateway reports the outcome once.
     logging.getLogger("urllib3").setLevel(logging.ERROR)
     app = Flask(__name__)
@@ -61,10 +64,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     # The OpenAI surface answers with and without the /v1 prefix, and under /v1/v1 (what
     # NextChat calls when its base URL already ends in /v1).
     for prefix in ("/v1", "", "/v1/v1"):
-        for blueprint in (chat.bp, completions.bp, models.bp):
+        for blueprint in (chat.bp, completions.bp, responses.bp, audio.bp, models.bp):
             app.register_blueprint(blueprint, url_prefix=prefix, name=f"{blueprint.name}{prefix.replace('/', '_')}")
     app.register_blueprint(health.bp)
     app.register_blueprint(docs.bp)
+    app.register_blueprint(metrics_page.bp)
+    if settings.metrics:
+        metrics.enable()
     registry.start()
     return app
 

@@ -17,6 +17,8 @@ import gevent
 
 
 class ClientWatch:
+    __slots__ = ("_socket", "_on_readable", "fired", "_watcher")
+
     def __init__(self, client_socket: Any, on_readable: Callable[[], None]) -> None:
         self._socket = client_socket
         self._on_readable = on_readable

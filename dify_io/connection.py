@@ -8,7 +8,9 @@ reader needs are not public:
   `length`, `will_close`) and the bytes it already read past the headers (`fp`);
 - the connection (`HTTPResponse.connection`, public) and its pool (`HTTPResponse._pool`);
 - giving the connection back to that pool (`HTTPConnectionPool._put_conn`), as urllib3's own
-  `release_conn` does.
+  `release_conn` does;
+- http.client's connection keeps its last response (`HTTPConnection.__response`) until the next
+  request, which a held stream's connection may wait for as long as the stream lasts.
 
 `requirements.txt` keeps urllib3 below its next major release, and
 tests/test_urllib3_internals.py checks these names against the installed urllib3 over a real
@@ -37,3 +39,9 @@ def detach(response: requests.Response) -> DetachedBody:
         return DetachedBody(raw._fp, raw.connection, raw._pool._put_conn)
     except AttributeError as exc:
         raise RuntimeError(f"this urllib3 release changed what dify_io/connection.py relies on: {exc}") from None
+
+
+def forget_response(connection: Any) -> None:
+    """Let the connection drop its closed response (and the headers parsed into it) now, as
+    http.client itself does at the connection's next request."""
+    connection._HTTPConnection__response = None

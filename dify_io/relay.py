@@ -23,6 +23,7 @@ from core.items import ERROR, PING, PING_ITEM, Item
 from core.response.pipeline import OutputPipeline
 from core.response.smooth import SmoothPacer
 from core.response.translate import DifyEventTranslator
+from dify_io import metrics
 from dify_io.client_watch import ClientWatch
 from dify_io.run import DifyRun
 from dify_io.upstream import UpstreamStream
@@ -41,6 +42,9 @@ DEFAULT_TIMING = RelayTiming()
 
 
 class Relay:
+    __slots__ = ("_run", "_upstream", "_watch", "client_gone", "_deadline", "_pacer", "_keepalive", "translator",
+                 "_pipeline", "_done")
+
     def __init__(self, run: DifyRun, payload: dict[str, Any], translator: DifyEventTranslator,
                  pipeline: OutputPipeline | None = None, pacer: SmoothPacer | None = None,
                  client_socket: Any = None, timing: RelayTiming = DEFAULT_TIMING) -> None:
@@ -63,12 +67,14 @@ class Relay:
         if remaining <= 0:
             self._done = True
             error = upstream_timeout("the stream reached its deadline (STREAM_DEADLINE)")
+            metrics.upstream_error(error)
             items: list[Item] = [(ERROR, error)]
             return self._pipeline.process(items) if self._pipeline else items
         try:
             events = self._upstream.read(min(timeout, remaining))
         except OpenAIError as exc:
             self._done = True
+            metrics.upstream_error(exc)
             items = [(ERROR, exc)]
         else:
             if events is None:
@@ -87,12 +93,20 @@ class Relay:
                         break
             if self.translator.finished:
                 self._done = True
+                for kind, value in items:  # Dify's own `error` event, or a failed workflow
+                    if kind == ERROR:
+                        metrics.upstream_error(value)
         if not self._pipeline or not items:
             return items
         items = self._pipeline.process(items)
         if self._pipeline.ended:
             self._done = True  # a stop sequence: close() stops the Dify task
         return items
+
+    @property
+    def done(self) -> bool:
+        """Dify's answer ended (or failed, or was cut by a stop sequence or the deadline)."""
+        return self._done
 
     def prefetch(self, wait: float) -> list[Item]:
         """Items up to the first one that is not a keep-alive, waiting at most `wait` s.
@@ -194,6 +208,8 @@ class MergedBatches:
     One relay is read directly; several are read by one greenlet each, so a slow choice
     never holds back the others. `close` stops those greenlets (before the relays close).
     """
+
+    __slots__ = ("_relays", "_arrivals", "_pumps", "_running")
 
     def __init__(self, relays: list[Relay]) -> None:
         self._relays = relays

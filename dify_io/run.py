@@ -13,6 +13,7 @@ from typing import Any
 import requests
 
 from core.apps import DifyApp
+from dify_io import metrics
 from dify_io.client import DifyClient
 
 # (run route, stop route) by app mode; chat-family apps otherwise.
@@ -41,4 +42,5 @@ class DifyRun:
 
     def stop(self, task_id: str) -> None:
         """Ask Dify to stop the task (best effort; see DifyClient.stop)."""
+        metrics.stop_call()
         self.client.stop(self._app_key, self._stop_route.format(task_id), self._user)

@@ -14,14 +14,11 @@ from core.request.chat_request import parse_chat_request
 from core.response.render import ChatShape
 from edge.hooks import read_json
 from edge.ids import new_id, now
-from edge.respond import respond
-from edge.wiring import current_caller, current_gateway
+from edge.respond import CONVERSATION_HEADER, respond
+from edge.wiring import current_caller, current_gateway, resolve_app
 from engine.chat import start_chat
 
 bp = Blueprint("chat", __name__)
-
-CONVERSATION_HEADER = "X-Dify-Conversation-Id"
-
 
 @bp.post("/chat/completions")
 def chat_completions() -> Response:
@@ -37,11 +34,11 @@ def chat_completions_for(model: str) -> Response:
 def answer_chat(body: Any, model: str | None = None) -> Response:
     gateway = current_gateway()
     chat = parse_chat_request(body, model, gateway.limits)
-    answer = start_chat(gateway, chat, current_caller(chat.user, _requested_conversation_id(body)))
+    app = resolve_app(chat.model)
+    answer = start_chat(gateway, app, chat, current_caller(chat.user, _requested_conversation_id(body)))
     legacy_functions = bool(chat.tools and chat.tools.legacy)
     shape = ChatShape(new_id("chatcmpl"), now(), chat.model, chat.n, legacy_functions)
-    headers = {CONVERSATION_HEADER: answer.conversation_id} if answer.conversation_id else {}
-    return respond(answer, shape, chat.stream, chat.include_usage, headers)
+    return respond(answer, shape, chat.stream, chat.include_usage)
 
 
 def _requested_conversation_id(body: dict[str, Any]) -> str | None:

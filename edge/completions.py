@@ -14,7 +14,7 @@ from core.response.render import TextShape
 from edge.hooks import read_json
 from edge.ids import new_id, now
 from edge.respond import respond
-from edge.wiring import current_caller, current_gateway
+from edge.wiring import current_caller, current_gateway, resolve_app
 from engine.text import start_text
 
 bp = Blueprint("completions", __name__)
@@ -34,7 +34,7 @@ def completions_for(model: str) -> Response:
 def answer_completion(body: Any, model: str | None = None) -> Response:
     gateway = current_gateway()
     request = parse_completion_request(body, model, gateway.limits)
-    answer = start_text(gateway, request, current_caller(request.user))
+    answer = start_text(gateway, resolve_app(request.model), request, current_caller(request.user))
     prompts = request.choice_prompts
     shape = TextShape(new_id("cmpl"), now(), request.model, prompts if request.echo else [""] * len(prompts))
     return respond(answer, shape, request.stream, request.include_usage)

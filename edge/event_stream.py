@@ -45,6 +45,8 @@ class _ClosingBody:
     """What the WSGI server iterates: the body itself (`__iter__`); `close` at the end closes
     it, then runs the response's close callbacks."""
 
+    __slots__ = ("_body", "_closers")
+
     def __init__(self, body: Generator[bytes, None, None], closers: list[Callable[[], Any]]) -> None:
         self._body = body
         self._closers = closers

@@ -18,6 +18,8 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from config import Settings
 from core.errors import OpenAIError, invalid_api_key, invalid_request, server_error
+from dify_io import metrics
+from edge import observe
 from edge.admission import Admission
 from edge.auth import key_is_valid, presented_key
 from edge.ids import new_id
@@ -84,19 +86,24 @@ def install(app: Flask, settings: Settings, admission: Admission) -> None:
     app.wsgi_app = collapse_slashes(app.wsgi_app)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
 
+    open_paths = _OPEN_PATHS | ({"/metrics"} if settings.metrics_public else set())
+    json_log = settings.log_format == "json"
+
     @app.before_request
     def admit() -> Response | None:
+        observe.begin(json_log)
         incoming = request.headers.get("X-Request-Id", "")
         g.request_id = incoming if _SANE_REQUEST_ID.fullmatch(incoming) else new_id("req", "_")
         if request.method == "OPTIONS":
             return _preflight()
         g.client_key = presented_key(request.headers)
-        if request.path.rstrip("/") in _OPEN_PATHS:
+        if request.path.rstrip("/") in open_paths:
             return None
         if not settings.open_access and not key_is_valid(g.client_key, settings.valid_api_keys):
             return error_response(invalid_api_key())
         if request.method == "POST":  # every POST calls Dify
             if not admission.try_enter():
+                metrics.admission_rejection()
                 return error_response(OpenAIError(
                     503, "The gateway is at its limit of concurrent requests; retry shortly.", type="server_error",
                     code="overloaded", headers={"Retry-After": "1", "x-should-retry": "true"}))
@@ -115,10 +122,12 @@ def install(app: Flask, settings: Settings, admission: Admission) -> None:
             if origin != "*":
                 response.headers["Vary"] = "Origin"
         response.headers["X-Request-Id"] = g.get("request_id") or new_id("req", "_")
+        observe.finish_on_close(response)
         return response
 
     @app.errorhandler(OpenAIError)
     def openai_error(error: OpenAIError) -> Response:
+        metrics.upstream_error(error)  # (counted once: the relays count the failures they see)
         return error_response(error)
 
     @app.errorhandler(HTTPException)

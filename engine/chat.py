@@ -34,10 +34,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def start_chat(gateway: Gateway, chat: ChatRequest, caller: Caller) -> Answer:
+def start_chat(gateway: Gateway, app: DifyApp, chat: ChatRequest, caller: Caller) -> Answer:
     """Start one Dify run per choice and wait (at most FIRST_EVENT_WAIT) for each one's first
     event or refusal, so a failure before the first token is a real HTTP status."""
-    call = ChatCall(gateway, chat, caller)
+    call = ChatCall(gateway, app, chat, caller)
     turn, recoverable = call.first_turn()
     relays = call.relays(turn)
     prefetched = prefetch_all(relays, gateway.settings.first_event_wait)
@@ -50,17 +50,18 @@ def start_chat(gateway: Gateway, chat: ChatRequest, caller: Caller) -> Answer:
         relays = call.relays(turn)
         prefetched = prefetch_all(relays, gateway.settings.first_event_wait)
     raise_first_refusal(relays, prefetched)
-    return Answer(relays, prefetched, relays[0].translator.conversation_id or turn.conversation_id)
+    translator = relays[0].translator
+    return Answer(relays, prefetched, translator.conversation_id or turn.conversation_id, translator.message_id)
 
 
 class ChatCall:
     """One chat request on its way to Dify: what every step of planning its runs shares."""
 
-    def __init__(self, gateway: Gateway, chat: ChatRequest, caller: Caller) -> None:
+    def __init__(self, gateway: Gateway, app: DifyApp, chat: ChatRequest, caller: Caller) -> None:
         self.gateway = gateway
         self.chat = chat
         self.caller = caller
-        self.app: DifyApp = gateway.registry.resolve(chat.model)
+        self.app = app
         self.memory: MemoryMode = gateway.memory if self.app.has_conversations else gateway.memory_without_conversations
         self.explicit = bool(caller.conversation_id and self.app.has_conversations)  # the client names the conversation
         self.tools = chat.tools if gateway.prompts_tools(self.app) else None
@@ -78,6 +79,11 @@ class ChatCall:
             if chat.n > 1:
                 raise invalid_request("n > 1 cannot continue one Dify conversation; each choice is a new one.",
                                       param="n", code="invalid_value")
+            message_id = self.caller.continues_message
+            if message_id and self._ends_with(explicit_id, message_id, 0) is False:
+                raise invalid_request("previous_response_id is not the newest response of its Dify conversation, and "
+                                      "Dify continues a conversation only from its newest message.",
+                                      param="previous_response_id", code="previous_response_not_latest")
             return DifyTurn(query=continuation_query(chat.messages), conversation_id=explicit_id,
                             files_from=after_newest_assistant(chat.messages)), False
         turn = self.memory.prepare(chat.messages)
@@ -94,17 +100,22 @@ class ChatCall:
         no `parent_message_id`, docs/dify.md 4.1), so a history that branched must start over."""
         if turn.expected_tail is None:
             return True  # an id from before message ids were written: trust it
-        message_id, replies_after = turn.expected_tail
         assert turn.conversation_id is not None
+        return bool(self._ends_with(turn.conversation_id, *turn.expected_tail))  # gone (None): start over
+
+    def _ends_with(self, conversation_id: str, message_id: str, replies_after: int) -> bool | None:
+        """Whether Dify's newest messages of the conversation are `message_id` and then exactly
+        `replies_after` more (GET /messages); None when Dify does not know the conversation.
+        When Dify cannot say, the conversation is taken to continue."""
         try:
-            newest = self.gateway.dify.newest_message_ids(self.app.key, self.caller.dify_user, turn.conversation_id,
+            newest = self.gateway.dify.newest_message_ids(self.app.key, self.caller.dify_user, conversation_id,
                                                           replies_after + 1)
         except OpenAIError as exc:
             if exc.status == 404:
-                return False  # the conversation is gone: start over at once
-            log.warning("could not check conversation %s (%s); continuing it", turn.conversation_id, exc.message)
+                return None
+            log.warning("could not check conversation %s (%s); continuing it", conversation_id, exc.message)
             return True
-        return newest == [message_id, *newest[1:]] and len(newest) == replies_after + 1
+        return len(newest) == replies_after + 1 and newest[0] == message_id
 
     def relays(self, turn: DifyTurn) -> list[Relay]:
         """One started run per choice; the turn's files are uploaded once for all of them."""

@@ -29,8 +29,11 @@ class Caller:
     """Who asks, as the web edge knows it."""
 
     dify_user: str  # the Dify `user` (edge/auth.py): conversations, files and stops belong to it
-    conversation_id: str | None = None  # asked for explicitly (X-Dify-Conversation-Id or the body)
+    conversation_id: str | None = None  # asked for explicitly (X-Dify-Conversation-Id, the body, previous_response_id)
     client_socket: Any = None  # the client's socket, watched while Dify is silent (may be None)
+    # previous_response_id: the Dify message the conversation must still end with (Dify continues
+    # only from a conversation's newest message).
+    continues_message: str | None = None
 
 
 class Gateway:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from core.apps import DifyApp
 from core.request.completion_request import CompletionRequest
 from core.request.dify_call import dify_payload
 from core.response.pipeline import OutputPipeline
@@ -19,8 +20,7 @@ if TYPE_CHECKING:
     from engine.gateway import Caller, Gateway
 
 
-def start_text(gateway: Gateway, request: CompletionRequest, caller: Caller) -> Answer:
-    app = gateway.registry.resolve(request.model)
+def start_text(gateway: Gateway, app: DifyApp, request: CompletionRequest, caller: Caller) -> Answer:
     relays = [
         gateway.relay(app, caller,
                       dify_payload(app, text=prompt, conversation_id=None, user=caller.dify_user,

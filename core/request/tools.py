@@ -62,16 +62,22 @@ def parse_tool_request(body: dict) -> ToolRequest | None:
     """
     if body.get("tools") is not None:
         tools = _parse_tools(body["tools"], "tools", _read_tool)
-        choice, forced_name = _parse_choice(body.get("tool_choice"), "tool_choice", tools)
-        legacy, parallel = False, body.get("parallel_tool_calls") is not False
-    elif body.get("functions") is not None:
-        tools = _parse_tools(body["functions"], "functions", _read_function)
-        choice, forced_name = _parse_choice(body.get("function_call"), "function_call", tools)
-        legacy, parallel = True, False  # `function_call` holds a single call
-    else:  # a choice without tools: "required" or a named function cannot be honoured
-        _parse_choice(body.get("tool_choice"), "tool_choice", ())
-        _parse_choice(body.get("function_call"), "function_call", ())
-        return None
+        return tool_request(tools, body.get("tool_choice"), "tool_choice", body.get("parallel_tool_calls") is not False)
+    if body.get("functions") is not None:
+        tools = _parse_tools(body["functions"], "functions", read_function)
+        # `function_call` holds a single call
+        return tool_request(tools, body.get("function_call"), "function_call", parallel=False, legacy=True)
+    # A choice without tools: "required" or a named function cannot be honoured.
+    _parse_choice(body.get("tool_choice"), "tool_choice", ())
+    _parse_choice(body.get("function_call"), "function_call", ())
+    return None
+
+
+def tool_request(tools: tuple[ToolSpec, ...], choice_value: Any, param: str, parallel: bool,
+                 legacy: bool = False) -> ToolRequest | None:
+    """The request for `tools` under the choice `choice_value` (a `tool_choice` in any of its
+    shapes; `param` names it in errors); None when nothing is offered."""
+    choice, forced_name = _parse_choice(choice_value, param, tools)
     if choice == "none" or not tools:
         return None
     if choice == "named":
@@ -105,10 +111,10 @@ def _read_tool(item: Any, where: str) -> ToolSpec:
     if not isinstance(function, dict):
         raise invalid_request(f"'{where}.function' must be an object with a 'name'.", param=f"{where}.function",
                               code="missing_required_parameter")
-    return _read_function(function, f"{where}.function")
+    return read_function(function, f"{where}.function")
 
 
-def _read_function(function: Any, where: str) -> ToolSpec:
+def read_function(function: Any, where: str) -> ToolSpec:
     """A function definition: a `tools[].function` or a legacy `functions` entry."""
     if not isinstance(function, dict):
         raise invalid_request(f"'{where}' must be an object.", param=where, code="invalid_type")

@@ -35,7 +35,7 @@ DONE = b"data: [DONE]\n\n"
 KEEPALIVE = b": ping\n\n"
 
 
-def _json_text(text: str) -> bytes:
+def json_text(text: str) -> bytes:
     # "replace": a lone surrogate (valid in JSON escapes) cannot become UTF-8.
     return json.dumps(text, ensure_ascii=False).encode("utf-8", "replace")
 
@@ -50,11 +50,17 @@ def add_usage(total: dict[str, int], usage: dict[str, int] | None) -> None:
 
 
 class ChoiceEncoder(Protocol):
+    """One choice's stream: its opening, its items' events, and how the stream ends."""
+
     def opening(self) -> bytes: ...
 
     def render(self, items: list[Item]) -> bytes: ...
 
-    def usage_chunk(self, usage: dict[str, int]) -> bytes: ...
+    def completed(self, usage: dict[str, int], include_usage: bool) -> bytes:
+        """The end of a stream whose every choice finished (`usage` summed over them)."""
+
+    def failed(self) -> bytes:
+        """The end of a stream after an ERROR item (rendered by `render`)."""
 
 
 class _ChunkEncoder:
@@ -75,7 +81,7 @@ class _ChunkEncoder:
         return (self._head + compact([choice]) + "}\n\n").encode()
 
     def text(self, text: str) -> bytes:
-        return self._text_prefix + _json_text(text) + self._text_suffix
+        return self._text_prefix + json_text(text) + self._text_suffix
 
     def finish(self, finish_reason: str) -> bytes:
         return self._choice(self._finish_fields, finish_reason)
@@ -106,6 +112,13 @@ class _ChunkEncoder:
 
     def usage_chunk(self, usage: dict[str, int]) -> bytes:
         return (self._head + "[]," + compact({"usage": usage})[1:] + "\n\n").encode()
+
+    def completed(self, usage: dict[str, int], include_usage: bool) -> bytes:
+        """The usage chunk only when asked (legacy code indexes choices[0] of every chunk), then [DONE]."""
+        return (self.usage_chunk(usage) if include_usage else b"") + DONE
+
+    def failed(self) -> bytes:
+        return DONE
 
 
 class ChatChunkEncoder(_ChunkEncoder):
@@ -177,9 +190,9 @@ NextBatch = Callable[[], tuple[int, list[Item]] | None]
 
 def sse_body(next_batch: NextBatch, encoders: list[ChoiceEncoder], include_usage: bool,
              close: Callable[[], None], first: Iterable[tuple[int, list[Item]]] = ()) -> Generator[bytes, None, None]:
-    """The SSE body: every choice's chunks as they come; once all choices ended, the usage
-    chunk (only when asked: legacy code indexes choices[0] of every chunk) and [DONE]. An
-    error ends the whole stream with one error event and [DONE]. `first` (what arrived
+    """The SSE body: every choice's chunks as they come; once all choices ended, the
+    encoders' ending (chat: the usage chunk when asked, then [DONE]). An error ends the whole
+    stream (chat: one error event and [DONE]). `first` (what arrived
     before the stream was committed) goes out with the opening chunks in the first write,
     which also carries the response headers. `close` runs at the end, also when the client
     goes away."""
@@ -193,9 +206,9 @@ def sse_body(next_batch: NextBatch, encoders: list[ChoiceEncoder], include_usage
                 pending.discard(index)
                 add_usage(usage, value[1])
             elif kind == ERROR:
-                return out + DONE, True
+                return out + encoders[index].failed(), True
         if not pending:
-            return out + (encoders[0].usage_chunk(usage) if include_usage else b"") + DONE, True
+            return out + encoders[0].completed(usage, include_usage), True
         return out, False
 
     def opening(first: Iterable[tuple[int, list[Item]]]) -> tuple[bytes, bool]:
@@ -215,6 +228,7 @@ def sse_body(next_batch: NextBatch, encoders: list[ChoiceEncoder], include_usage
         # Nothing already written stays referenced while the stream waits for Dify: with
         # hundreds of held streams, each one's last write would add up.
         del head, first
+        yield b""  # the server's loop variable held the first write; an empty one writes nothing
         while (batch := next_batch()) is not None:
             piece, ended = render(*batch)
             del batch
