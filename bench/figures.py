@@ -1,4 +1,4 @@
-"""The six measurements. Each returns a flat dict of figures (JSON-ready); none asserts anything.
+"""The measurements of bench/README.md. Each returns a flat dict of figures (JSON-ready); none asserts anything.
 
 `Side` bundles what a measurement needs about one running process: the target to send
 traffic to and the pid whose CPU and memory are read (the gunicorn *worker*, not the master).
@@ -206,14 +206,88 @@ def relay_cost(direct: Side, gateway: Side, tokens: int, streams: int, paced_str
     }
 
 
-def memory_per_stream(gateway: Side, streams: int, directive: dict[str, Any]) -> dict[str, Any]:
-    """4. Gateway worker RSS growth while `streams` slow streams are held, per stream."""
+def responses_next_to_chat(chat: Side, responses: Side, tokens: int, streams: int, rounds: int,
+                           requests: int) -> dict[str, Any]:
+    """7. A Responses API stream next to a chat stream, on the same gateway: CPU per relayed
+    token (back-to-back streams, as figure 3, in `rounds` that alternate the two, so a change in
+    the machine's load affects both alike) and the time to the first token (sequential streams
+    taken in turn, as figure 2)."""
+    burst = {"tokens": tokens}
+    sides = {"chat": chat, "responses": responses}
+    cpu_seconds = {"chat": 0.0, "responses": 0.0}
+    events = {"chat": 0, "responses": 0}
+    failures = {"chat": 0, "responses": 0}  # failed streams plus tokens that never arrived
+    for side in sides.values():
+        _stream_events(side, SHORT, 10)  # warm-up
+    for _ in range(rounds):
+        for name, side in sides.items():
+            batch, meter = _stream_events(side, burst, streams)
+            relayed = sum(result.events for result in batch.values)
+            cpu_seconds[name] += meter.seconds
+            events[name] += relayed
+            failures[name] += batch.errors + tokens * streams - relayed
+    cpu = {name: cpu_seconds[name] * 1e6 / max(1, events[name]) for name in sides}
+    targets = [chat.target, responses.target]
+    raws = [target.request(SHORT, stream=True) for target in targets]
+
+    def reader(target: Target):
+        return read_stream(target.content_marker)
+
+    alternate(targets, raws, 20, reader)
+    chat_firsts, responses_firsts = alternate(targets, raws, requests, reader)
+    figures: dict[str, Any] = {"streams": streams, "tokens_per_stream": tokens, "rounds": rounds, "requests": requests,
+                               "chat_cpu_us_per_token": cpu["chat"], "responses_cpu_us_per_token": cpu["responses"],
+                               "cpu_ratio": cpu["responses"] / cpu["chat"] if cpu["chat"] else math.nan}
+    for name, batch in (("chat", chat_firsts), ("responses", responses_firsts)):
+        figures[f"{name}_first_p50_ms"] = percentile([result.ttfb * 1000 for result in batch.values], 50)
+        figures[f"{name}_errors"] = batch.errors + failures[name]
+    figures["first_added_ms"] = figures["responses_first_p50_ms"] - figures["chat_first_p50_ms"]
+    return figures
+
+
+def metrics_on_and_off(off: Side, on: Side, requests: int, concurrency: int, rounds: int,
+                       scrapes: int) -> dict[str, Any]:
+    """9. What metrics cost: gateway CPU per non-streaming request on two fresh gateways that
+    differ only in METRICS, in `rounds` that alternate them, and the CPU of one scrape of
+    GET /metrics once they have served the same traffic."""
+    raw = off.target.request(SHORT, stream=False)
+    read = read_body(b"w20 ")
+    sides = {"off": off, "on": on}
+    for side in sides.values():
+        run_batch(side.target, raw, max(concurrency * 4, 50), concurrency, read)  # warm-up
+    runs: dict[str, list[Metered]] = {"off": [], "on": []}
+    for _ in range(rounds):
+        for name, side in sides.items():
+            runs[name].append(metered({"gateway": side.pid}, lambda side=side: run_batch(
+                side.target, raw, requests // rounds, concurrency, read)))
+    combined = {name: Metered.combine(side_runs) for name, side_runs in runs.items()}
+    target = on.target
+    auth = {"Authorization": f"Bearer {target.api_key}"}
+    scrape_raw = build_request("GET", target.host, target.port, "/metrics", auth, b"")
+    scraped = metered({"gateway": on.pid}, lambda: run_batch(target, scrape_raw, scrapes, 1,
+                                                             read_body(b"opendify_requests_total")))
+    figures: dict[str, Any] = {"requests": requests // rounds * rounds, "concurrency": concurrency, "rounds": rounds,
+                               "scrapes": scrapes}
+    for name, run in combined.items():
+        figures[f"{name}_cpu_ms_per_request"] = run.ms_per_request("gateway")
+        figures[name] = _errors(run.batch)
+    figures["added_cpu_ms_per_request"] = figures["on_cpu_ms_per_request"] - figures["off_cpu_ms_per_request"]
+    figures["ratio"] = figures["on_cpu_ms_per_request"] / figures["off_cpu_ms_per_request"]
+    figures["scrape_cpu_ms"] = scraped.ms_per_request("gateway")
+    figures["scrape"] = _errors(scraped.batch)
+    return figures
+
+
+def memory_per_stream(gateway: Side, streams: int, directive: dict[str, Any],
+                      per_second: float | None = None) -> dict[str, Any]:
+    """4. Gateway worker RSS growth while `streams` slow streams are held, per stream; the
+    streams open `per_second`, or all at once."""
     warm = run_batch(gateway.target, gateway.target.request(SHORT), 50, 10, read_stream(gateway.target.content_marker))
     gevent.sleep(0.5)
     before = procstat.rss_kib(gateway.pid)
     held = HeldStreams(gateway.target, gateway.target.request(directive), streams)
     try:
-        open_seconds = held.open(timeout=60)
+        open_seconds = held.open(timeout=60, per_second=per_second)
         gevent.sleep(1.0)  # let every stream settle into its idle state
         during = 0
         for _ in range(3):  # the highest of a few samples: RSS moves a little as the loop runs
@@ -223,6 +297,7 @@ def memory_per_stream(gateway: Side, streams: int, directive: dict[str, Any]) ->
         held.close()
     return {
         "streams": streams,
+        "per_second": per_second,
         "held": held.held,
         "open_seconds": open_seconds,
         "rss_before_kib": before,
@@ -285,6 +360,59 @@ def held_streams(gateway: Side, streams: int, directive: dict[str, Any], hold_se
         "active_after": left,
         "emulator_started": snapshot["started"],
         "emulator_finished": snapshot["finished"],
+    }
+
+
+def streams_at_scale(target: Target, workers: list[int], streams: int, per_second: float, hold_seconds: float,
+                     upstream_streams: Callable[[], dict[str, Any]], release_timeout: float) -> dict[str, Any]:
+    """8. `streams` streams that Dify never ends, held on a gateway with the default settings
+    (over all its `workers`): opened `per_second`, held `hold_seconds`, then closed by the
+    client. What the workers spend on each held stream (memory, open files, CPU while Dify only
+    pings), the time to the first content event while the streams ramp up, and how soon Dify's
+    streams end after the close (`upstream_streams`: Dify's count of open streams)."""
+    raw = target.request({"never_end": True})
+    warm = HeldStreams(target, raw, 100)  # first calls, pools, allocator: not what a stream costs
+    warm.open(timeout=30)
+    warm.close()
+    gevent.sleep(1.0)
+    rss_before = sum(procstat.rss_kib(pid) for pid in workers)
+    fds_before = [procstat.fd_count(pid) for pid in workers]
+    held = HeldStreams(target, raw, streams)
+    try:
+        open_seconds = held.open(timeout=streams / per_second + 60, per_second=per_second)
+        gevent.sleep(1.0)  # let every stream settle into its idle state
+        meters = [procstat.CpuMeter(pid).start() for pid in workers]
+        gevent.sleep(hold_seconds)
+        cpu_seconds = sum(meter.stop() for meter in meters)
+        rss_held = sum(procstat.rss_kib(pid) for pid in workers)
+        fds_held = [procstat.fd_count(pid) for pid in workers]
+    finally:
+        held.close()
+    release_seconds, left = wait_released(upstream_streams, release_timeout)
+    first_events = [seconds * 1000 for seconds in held.first_events]
+    counted = max(1, held.held)  # per held stream: refused ones cost next to nothing
+    return {
+        "streams": streams,
+        "workers": len(workers),
+        "worker_open_files": [procstat.open_files_limit(pid) for pid in workers],
+        "per_second": per_second,
+        "held": held.held,
+        "open_seconds": open_seconds,
+        "hold_seconds": hold_seconds,
+        "errors": held.errors + warm.errors,
+        "error_samples": held.batch.error_samples + warm.batch.error_samples,
+        "first_event_p50_ms": percentile(first_events, 50),
+        "first_event_p99_ms": percentile(first_events, 99),
+        "rss_before_kib": rss_before,
+        "rss_held_kib": rss_held,
+        "kib_per_stream": (rss_held - rss_before) / counted,
+        "fds_per_stream": (sum(fds_held) - sum(fds_before)) / counted,
+        # Two open files a stream: how the streams were shared out between the workers.
+        "streams_per_worker": [(after - before) // 2 for after, before in zip(fds_held, fds_before, strict=True)],
+        "cpu_us_per_stream_second": cpu_seconds * 1e6 / counted / hold_seconds,
+        "release_seconds": release_seconds,
+        "released": left == 0,
+        "active_after": left,
     }
 
 

@@ -226,14 +226,19 @@ class HeldStreams:
         self.batch = Batch()
         self.held = 0
         self.chunks = 0  # body pieces received, held streams included: they are being read
+        self.first_events: list[float] = []  # per held stream: seconds from connecting to its first content event
         self._settled = 0
         self._all_settled = Event()
         self._greenlets: list[gevent.Greenlet] = []
 
-    def open(self, timeout: float) -> float:
-        """Start every stream; wait until each is held or failed. Returns the seconds it took."""
+    def open(self, timeout: float, per_second: float | None = None) -> float:
+        """Start every stream, all at once or `per_second` of them a second; wait until each is
+        held or failed. Returns the seconds it took."""
         started = time.perf_counter()
-        self._greenlets = [gevent.spawn(self._hold) for _ in range(self.count)]
+        if per_second is None:
+            self._greenlets = [gevent.spawn(self._hold) for _ in range(self.count)]
+        else:
+            self._greenlets = [gevent.spawn_later(index / per_second, self._hold) for index in range(self.count)]
         self._all_settled.wait(timeout)
         return time.perf_counter() - started
 
@@ -245,6 +250,7 @@ class HeldStreams:
     def _hold(self) -> None:
         conn = None
         settled = False
+        started = time.perf_counter()
         try:
             conn = Connection(self.target.host, self.target.port, timeout=None)
             response = conn.request(self.raw)
@@ -256,6 +262,7 @@ class HeldStreams:
                 self.chunks += 1
                 if counter.count and not settled:
                     settled = True
+                    self.first_events.append(counter.first_at - started)
                     self.held += 1
                     self._settle()
             raise BadResponse("the stream ended while it was held")

@@ -7,6 +7,7 @@ precise to a few percent, which is enough for per-request and per-event figures.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -37,6 +38,34 @@ def rss_kib(pid: int) -> int:
 def fd_count(pid: int) -> int:
     """Open file descriptors (sockets included): the entries of /proc/<pid>/fd."""
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def connections_to(pid: int, port: int) -> int:
+    """The process's TCP sockets whose remote port is `port` (from /proc/<pid>/net/tcp and
+    tcp6, matched to the socket inodes among its fds): its connections to one server."""
+    inodes = set()
+    for line in _proc_lines(pid, "tcp") + _proc_lines(pid, "tcp6"):
+        fields = line.split()
+        if int(fields[2].rsplit(":", 1)[1], 16) == port:
+            inodes.add(fields[9])
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):  # closed while we looked
+            count += os.readlink(f"/proc/{pid}/fd/{fd}").removeprefix("socket:[").rstrip("]") in inodes
+    return count
+
+
+def _proc_lines(pid: int, table: str) -> list[str]:
+    path = Path(f"/proc/{pid}/net/{table}")
+    return path.read_text().splitlines()[1:] if path.exists() else []
+
+
+def open_files_limit(pid: int) -> int:
+    """The process's soft limit on open files (the "Max open files" row of /proc/<pid>/limits)."""
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    raise RuntimeError(f"no open-files limit for pid {pid}")
 
 
 def children(pid: int) -> list[int]:

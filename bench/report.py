@@ -20,6 +20,14 @@ SMOOTH_ADDED_MS = 60  # mean duration, paced - unpaced
 SMOOTH_END_DELAY_MS = 50  # p50; the max may add the unpaced streams' own lateness
 SMOOTH_GAP_MS = 50  # a paced stream's largest gap (p50): 3 piece intervals at 60 pieces/s
 SMOOTH_STEADY_ADDED_MS = 10  # steady text passes untouched: mean duration, paced - unpaced
+# Figure 7: a Responses API stream costs at most this much more CPU per token than a chat stream,
+# and its first token comes at most this many ms later.
+RESPONSES_CPU_RATIO = 1.3
+RESPONSES_FIRST_ADDED_MS = 0.5
+# Figure 9: CPU that metrics add to a non-streaming request (ms).
+METRICS_ADDED_CPU_MS = 0.1
+# Figures 4 and 8: what a held stream may keep in its worker (25 kB).
+RSS_PER_STREAM_KIB = 24.4
 
 
 def num(value: Any, digits: int = 1) -> str:
@@ -94,12 +102,17 @@ def _rows(results: dict[str, Any]) -> list[tuple[str, ...] | str]:
         rows.append(("  errors / events missing", "", f"{errors} / {missing}", "", "0", verdict(errors + missing, 0)))
     m = section(results, "memory")
     if m:
-        rows.append(f"4. Memory, {m['streams']} held slow streams (fresh gateway)")
+        rows.append(f"4. Memory, {m['streams']} held slow streams opened {m['per_second']:g}/s (fresh gateway)")
         rows.append(("  worker RSS before -> held (MiB)", "", f"{m['rss_before_kib'] / 1024:.1f} -> "
                      f"{m['rss_held_kib'] / 1024:.1f}", "", "", ""))
         kib = m["kib_per_stream"]
-        rows.append(("  RSS per held stream (KiB)", "", num(kib), "", "<= 40", verdict(kib, 40)))
+        rows.append(("  RSS per held stream (KiB)", "", num(kib), "", f"<= {RSS_PER_STREAM_KIB}",
+                     verdict(kib, RSS_PER_STREAM_KIB)))
         rows.append(("  errors", "", num(m["errors"]), "", "0", verdict(m["errors"], 0)))
+    a = section(results, "memory_at_once")
+    if a:
+        rows.append(("  opened at once: RSS per held stream (KiB)", "", num(a["kib_per_stream"]), "", "", ""))
+        rows.append(("  opened at once: errors", "", num(a["errors"]), "", "0", verdict(a["errors"], 0)))
     h = section(results, "held")
     if h:
         rows.append(f"5. {h['streams']:,} held streams on one worker")
@@ -115,7 +128,61 @@ def _rows(results: dict[str, Any]) -> list[tuple[str, ...] | str]:
     s = section(results, "smooth")
     if s:
         rows += _smooth_rows(s["bursty"], s["steady"], s["warmup"]["errors"])
+    p = section(results, "responses")
+    if p:
+        rows.append(f"7. Responses API next to chat, {p['streams']} x {p['tokens_per_stream']} tokens; "
+                    f"{p['requests']} first tokens")
+        rows.append(("", "chat", "responses", "", "", ""))
+        ratio = p["cpu_ratio"]
+        rows.append(("  gateway CPU per relayed token (us)", num(p["chat_cpu_us_per_token"]),
+                     num(p["responses_cpu_us_per_token"]), f"x{ratio:.2f}", f"<= x{RESPONSES_CPU_RATIO}",
+                     verdict(ratio, RESPONSES_CPU_RATIO)))
+        rows.append(("  time to first token, p50 (ms)", num(p["chat_first_p50_ms"], 2),
+                     num(p["responses_first_p50_ms"], 2), f"{p['first_added_ms']:+.2f}",
+                     f"added <= {RESPONSES_FIRST_ADDED_MS}", verdict(p["first_added_ms"], RESPONSES_FIRST_ADDED_MS)))
+        errors = p["chat_errors"] + p["responses_errors"]
+        rows.append(("  errors / tokens missing", num(p["chat_errors"]), num(p["responses_errors"]), "", "0",
+                     verdict(errors, 0)))
+    c = section(results, "scale")
+    if c:
+        rows += _scale_rows(c)
+    g = section(results, "metrics")
+    if g:
+        rows.append(f"9. Metrics, {g['requests']} non-streaming requests, {g['concurrency']} concurrent "
+                    f"(fresh gateways)")
+        rows.append(("", "metrics off", "metrics on", "", "", ""))
+        rows.append(("  gateway CPU per request (ms)", num(g["off_cpu_ms_per_request"], 3),
+                     num(g["on_cpu_ms_per_request"], 3), f"{g['added_cpu_ms_per_request']:+.3f} x{g['ratio']:.2f}",
+                     f"added <= {METRICS_ADDED_CPU_MS}", verdict(g["added_cpu_ms_per_request"], METRICS_ADDED_CPU_MS)))
+        rows.append((f"  gateway CPU per GET /metrics (ms), {g['scrapes']} scrapes", "", num(g["scrape_cpu_ms"], 2),
+                     "", "", ""))
+        rows.append(("  chat requests counted by the metrics", "", num(int(g["chat_requests_counted"])), "",
+                     "all sent", ""))
+        errors = g["off"]["errors"] + g["on"]["errors"] + g["scrape"]["errors"]
+        rows.append(("  errors", num(g["off"]["errors"]), num(g["on"]["errors"] + g["scrape"]["errors"]), "", "0",
+                     verdict(errors, 0)))
     return rows
+
+
+def _scale_rows(c: dict[str, Any]) -> list[tuple[str, ...] | str]:
+    """Figure 8: many held streams on a gateway with the default settings, its workers together."""
+    limits = "/".join(f"{limit:,}" for limit in sorted(set(c["worker_open_files"])))
+    return [
+        f"8. {c['streams']:,} held streams, default settings ({c['workers']} workers, open files {limits}), "
+        f"opened {c['per_second']:g}/s",
+        ("  held / opened in (s)", "", f"{c['held']:,} / {c['open_seconds']:.1f}", "", "", ""),
+        ("  streams per worker", "", " / ".join(f"{count:,}" for count in c["streams_per_worker"]), "", "", ""),
+        ("  errors", "", num(c["errors"]), "", "0", verdict(c["errors"], 0)),
+        ("  RSS per held stream (KiB)", "", num(c["kib_per_stream"]), "", f"<= {RSS_PER_STREAM_KIB}",
+         verdict(c["kib_per_stream"], RSS_PER_STREAM_KIB)),
+        ("  open files per held stream", "", num(c["fds_per_stream"], 2), "", "", ""),
+        (f"  CPU per held stream (us/s), {c['hold_seconds']:g} s held", "", num(c["cpu_us_per_stream_second"]),
+         "", "", ""),
+        ("  first content event while opening, p50 (ms)", "", num(c["first_event_p50_ms"]), "", "", ""),
+        ("  first content event while opening, p99 (ms)", "", num(c["first_event_p99_ms"]), "", "", ""),
+        ("  upstream streams ended after close (s)", "", num(c["release_seconds"] if c["released"] else math.nan, 2),
+         "", "", ""),
+    ]
 
 
 def _smooth_rows(b: dict[str, Any], d: dict[str, Any], warmup_errors: int) -> list[tuple[str, ...] | str]:

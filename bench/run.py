@@ -1,7 +1,7 @@
-"""Orchestration of `python -m bench`: start the processes, run the six measurements, report.
+"""Orchestration of `python -m bench`: start the processes, run the nine measurements, report.
 
 Starts one emulator and one gateway (one gevent worker, smooth output off), runs the
-measurements of bench/README.md (figures 4 and 6 start gateways of their own), prints a table
+measurements of bench/README.md (figures 4, 6, 8 and 9 start gateways of their own), prints a table
 and writes bench/results/latest.json. Timings are reported, never asserted: the exit status is
 non-zero only when a measurement crashed.
 Expects a gevent-patched process (see bench/__main__.py).
@@ -13,15 +13,18 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import gevent
+import requests
 
 from bench import calibrate, figures, procstat, report
 from bench.figures import Side
-from bench.targets import dify_target, gateway_target
+from bench.targets import dify_target, gateway_target, responses_target
+from config import load_settings
 from dify_emulator.control import start_emulator
 from tests.gateway_process import GatewayProcess
 
@@ -32,12 +35,16 @@ RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 THROUGHPUT_REQUESTS, THROUGHPUT_CONCURRENCY = 2000, 16
 FIRST_BYTE_REQUESTS = 300
 RELAY_STREAMS, RELAY_TOKENS = 4, 5000
+RESPONSES_ROUNDS = 3
+METRICS_REQUESTS, METRICS_ROUNDS, METRICS_SCRAPES = 2000, 4, 50
 PACED_STREAMS, PACED_TOKENS, PACED_DELAY_MS = 100, 200, 20.0
-MEMORY_STREAMS = 500
+MEMORY_STREAMS, MEMORY_PER_SECOND = 500, 100.0
 MEMORY_DIRECTIVE = {"tokens": 5, "never_end": True, "ping_interval_s": 60}
 HELD_STREAMS, HOLD_SECONDS = 1000, 5.0
 HELD_DIRECTIVE = {"tokens": 5, "never_end": True, "ping_interval_s": 5}
 RELEASE_TIMEOUT = 15.0
+SCALE_STREAMS, SCALE_PER_SECOND, SCALE_HOLD_SECONDS, SCALE_PING_SECONDS = 10_000, 200.0, 10.0, 5.0
+SCALE_RELEASE_TIMEOUT = 30.0
 SMOOTH_STREAMS, SMOOTH_ROUNDS, SMOOTH_STEADY_ROUNDS = 20, 3, 2
 SMOOTH_BURSTY = {"tokens": 200, "burst": 20, "delay_ms": 300}  # 10 bursts of 20 words, 300 ms apart
 SMOOTH_STEADY = {"tokens": 100, "delay_ms": 20}  # one word every 20 ms: nothing to smooth
@@ -58,7 +65,8 @@ GATEWAY_ENV = {
 
 
 def raise_fd_limit() -> int:
-    """1,000 held streams need ~1,000 fds here and ~2,000 in the gateway (which inherits the limit)."""
+    """Figure 8's 10,000 held streams need ~10,000 fds here, as many in bench/held_dify.py and
+    ~20,000 in the gateway (which inherit the limit; the gateway lifts its own to the hard one)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
     if soft < wanted:
@@ -66,15 +74,19 @@ def raise_fd_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def only_worker(master_pid: int, timeout: float = 10.0) -> int:
-    """The pid of gunicorn's single worker (its CPU and memory are what is measured)."""
+def workers_of(master_pid: int, count: int, timeout: float = 10.0) -> list[int]:
+    """The pids of gunicorn's `count` workers (their CPU and memory are what is measured)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         workers = procstat.children(master_pid)
-        if len(workers) == 1:
-            return workers[0]
+        if len(workers) == count:
+            return workers
         gevent.sleep(0.1)
-    raise RuntimeError(f"expected one worker under pid {master_pid}, found {procstat.children(master_pid)}")
+    raise RuntimeError(f"expected {count} workers under pid {master_pid}, found {procstat.children(master_pid)}")
+
+
+def only_worker(master_pid: int) -> int:
+    return workers_of(master_pid, 1)[0]
 
 
 def start_gateway(emulator_base_url: str, smooth_output: str = MAIN_SMOOTH_OUTPUT,
@@ -116,14 +128,42 @@ class Runner:
         print(f"[bench]   {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
 
 
-def memory_on_fresh_gateway(emulator: Any) -> dict[str, Any]:
+def memory_on_fresh_gateway(emulator: Any, per_second: float | None) -> dict[str, Any]:
     """Figure 4 on a gateway of its own: memory the other runs left allocated would hide the growth."""
     process, gateway = start_gateway(emulator.base_url, GRACEFUL_TIMEOUT="1")
     with process:
-        result = figures.memory_per_stream(gateway, MEMORY_STREAMS, MEMORY_DIRECTIVE)
+        result = figures.memory_per_stream(gateway, MEMORY_STREAMS, MEMORY_DIRECTIVE, per_second)
     # Its held streams end upstream when it stops; the next run must not see them.
     result["release_after_stop_seconds"] = figures.wait_released(emulator.streams, RELEASE_TIMEOUT)[0]
     return result
+
+
+@contextmanager
+def held_dify(ping_seconds: float) -> Iterator[tuple[str, Callable[[], dict[str, Any]]]]:
+    """bench/held_dify.py in a process of its own: its base URL, and its count of open streams."""
+    process = subprocess.Popen([sys.executable, "-m", "bench.held_dify", "--ping", str(ping_seconds)], cwd=ROOT,
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        base_url = process.stdout.readline().split()[-1]
+        yield base_url, lambda: requests.get(base_url + "/streams", timeout=5).json()
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def streams_on_default_gateway() -> dict[str, Any]:
+    """Figure 8, on a Dify that only holds streams (bench/held_dify.py: the emulator cannot
+    hold 10,000 on two cores) and a gateway with the default server settings: WORKERS,
+    WORKER_CONNECTIONS and MAX_CONCURRENT_REQUESTS empty (the default; WORKER_CONNECTIONS then
+    follows the open-files limit), smooth output at its default."""
+    with held_dify(SCALE_PING_SECONDS) as (base_url, upstream_streams):
+        env = {**GATEWAY_ENV, "DIFY_API_BASE": base_url, "WORKERS": "", "WORKER_CONNECTIONS": "",
+               "MAX_CONCURRENT_REQUESTS": ""}
+        with GatewayProcess(env) as gateway:
+            workers = workers_of(gateway.pid, load_settings(env).workers)
+            return figures.streams_at_scale(gateway_target(gateway.base_url), workers, SCALE_STREAMS,
+                                            SCALE_PER_SECOND, SCALE_HOLD_SECONDS, upstream_streams,
+                                            SCALE_RELEASE_TIMEOUT)
 
 
 def smooth_output_on_and_off(emulator: Any) -> dict[str, Any]:
@@ -136,21 +176,48 @@ def smooth_output_on_and_off(emulator: Any) -> dict[str, Any]:
                                          SMOOTH_STEADY_ROUNDS)
 
 
+def metrics_on_and_off(emulator: Any) -> dict[str, Any]:
+    """Figure 9 on two fresh gateways, the same but for METRICS: off and on."""
+    off_process, off = start_gateway(emulator.base_url, METRICS="off")
+    with off_process:
+        on_process, on = start_gateway(emulator.base_url, METRICS="on")
+        with on_process:
+            result = figures.metrics_on_and_off(off, on, METRICS_REQUESTS, THROUGHPUT_CONCURRENCY, METRICS_ROUNDS,
+                                                METRICS_SCRAPES)
+            # That the "on" side really counted: its chat completions in opendify_requests_total.
+            scrape = requests.get(on_process.root_url + "/metrics", timeout=10,
+                                  headers={"Authorization": f"Bearer {GATEWAY_ENV['VALID_API_KEYS']}"})
+            result["chat_requests_counted"] = sum(
+                float(line.rsplit(" ", 1)[1]) for line in scrape.text.splitlines()
+                if line.startswith("opendify_requests_total{") and 'route="/chat/completions"' in line)
+            return result
+
+
 def measure_all(runner: Runner) -> None:
     with start_emulator(env={"EMULATOR_RECORD": "0"}) as emulator:
         direct = Side(dify_target(emulator.base_url), only_worker(emulator.pid))
         gateway_process, gateway = start_gateway(emulator.base_url)
         with gateway_process:
-            runner.run("throughput", "1/6 non-streaming throughput", lambda: figures.throughput(
+            runner.run("throughput", "1/9 non-streaming throughput", lambda: figures.throughput(
                 direct, gateway, THROUGHPUT_REQUESTS, THROUGHPUT_CONCURRENCY))
-            runner.run("first_byte", "2/6 time to first content event", lambda: figures.first_byte(
+            runner.run("first_byte", "2/9 time to first content event", lambda: figures.first_byte(
                 direct, gateway, FIRST_BYTE_REQUESTS))
-            runner.run("relay_cost", "3/6 CPU per relayed event", lambda: figures.relay_cost(
+            runner.run("relay_cost", "3/9 CPU per relayed event", lambda: figures.relay_cost(
                 direct, gateway, RELAY_TOKENS, RELAY_STREAMS, PACED_STREAMS, PACED_TOKENS, PACED_DELAY_MS))
-            runner.run("memory", "4/6 memory per held stream", lambda: memory_on_fresh_gateway(emulator))
-            runner.run("held", f"5/6 {HELD_STREAMS} held streams", lambda: figures.held_streams(
+            responses = Side(responses_target(gateway_process.base_url), gateway.pid)
+            runner.run("responses", "7/9 a Responses stream next to a chat stream",
+                       lambda: figures.responses_next_to_chat(gateway, responses, RELAY_TOKENS, RELAY_STREAMS,
+                                                              RESPONSES_ROUNDS, FIRST_BYTE_REQUESTS))
+            runner.run("memory", "4/9 memory per held stream", lambda: memory_on_fresh_gateway(
+                emulator, MEMORY_PER_SECOND))
+            # The same streams opened at once: the allocators keep the peak of 500 calls setting up together.
+            runner.run("memory_at_once", "4/9 memory per held stream, opened at once", lambda: memory_on_fresh_gateway(
+                emulator, None))
+            runner.run("held", f"5/9 {HELD_STREAMS} held streams", lambda: figures.held_streams(
                 gateway, HELD_STREAMS, HELD_DIRECTIVE, HOLD_SECONDS, emulator.streams, RELEASE_TIMEOUT))
-        runner.run("smooth", "6/6 smooth output on vs off", lambda: smooth_output_on_and_off(emulator))
+        runner.run("smooth", "6/9 smooth output on vs off", lambda: smooth_output_on_and_off(emulator))
+        runner.run("metrics", "9/9 metrics on vs off", lambda: metrics_on_and_off(emulator))
+    runner.run("scale", f"8/9 {SCALE_STREAMS:,} held streams, default settings", streams_on_default_gateway)
 
 
 def machine_meta(fd_limit: int) -> dict[str, Any]:

@@ -54,6 +54,13 @@ class GatewayTarget(Target):
         return {"model": MODEL, "messages": [{"role": "user", "content": text}], "stream": stream}
 
 
+class ResponsesTarget(Target):
+    """The gateway's `POST /responses` (the Responses API)."""
+
+    def body(self, text: str, stream: bool) -> dict[str, Any]:
+        return {"model": MODEL, "input": text, "stream": stream}
+
+
 def _host_port_path(base_url: str, route: str) -> tuple[str, int, str]:
     url = urlsplit(base_url)
     return url.hostname or "127.0.0.1", url.port or 80, url.path.rstrip("/") + route
@@ -63,6 +70,11 @@ def dify_target(base_url: str) -> DifyTarget:
     host, port, path = _host_port_path(base_url, "/chat-messages")
     # The emulator's demo apps write compact JSON (Dify >= 1.8.1): `"event":"message"`.
     return DifyTarget("direct", host, port, path, DIFY_APP_KEY, b'"event":"message"')
+
+
+def responses_target(base_url: str) -> ResponsesTarget:
+    host, port, path = _host_port_path(base_url, "/responses")
+    return ResponsesTarget("responses", host, port, path, GATEWAY_KEY, b'"type":"response.output_text.delta"')
 
 
 def gateway_target(base_url: str) -> GatewayTarget:
