@@ -8,6 +8,7 @@ stream) onto the status and code OpenAI clients act on (see docs/clients.md sect
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -94,10 +95,39 @@ _MODE_CODES = {"not_chat_app", "not_workflow_app", "not_completion_app"}
 
 
 def from_dify_error(status: int, body: Any, retry_after: str | None = None) -> OpenAIError:
-    """Map a Dify error (HTTP status and parsed body, or an in-stream `error` event)."""
+    """Map a Dify error (HTTP status and parsed body, or an in-stream `error` event). It counts
+    as Dify's failure (`upstream`, opendify_upstream_errors_total) when the client gets a 5xx
+    (a Dify fault, the app key refused, a misconfigured app) or a 429 (Dify's or the model
+    provider's limits); a 4xx the request caused (an invalid parameter, a context too long, an
+    unknown conversation) is the client's."""
     error = _mapped_dify_error(status, body, retry_after)
-    error.upstream = True
+    error.upstream = error.status >= 500 or error.status == 429
     return error
+
+
+_RATE_LIMIT_TEXT = re.compile(r"rate[ _-]?limit|error code: 429|too many requests", re.IGNORECASE)
+_QUOTA_TEXT = re.compile(r"insufficient_quota|exceeded your current quota", re.IGNORECASE)
+
+
+def failure_from_message(message: str, text: str, retry_after: str = "1") -> OpenAIError | None:
+    """The OpenAI error a failure's own words name, whatever code came with them (None when
+    they name none): a context too long (400), a rate limit (429), an exhausted quota (429).
+    Dify reports a failed workflow or chatflow run only as text (docs/dify.md 3.4), and a
+    model error as `completion_request_error` whatever its cause. `text` is what the client
+    reads."""
+    lowered = message.lower()
+    if "context length" in lowered or "maximum context" in lowered:
+        return OpenAIError(400, text, param="messages", code="context_length_exceeded")
+    if _QUOTA_TEXT.search(message):
+        error = OpenAIError(429, text, type="insufficient_quota", code="insufficient_quota",
+                            headers={"x-should-retry": "false"})
+        error.upstream = True
+        return error
+    if _RATE_LIMIT_TEXT.search(message):
+        error = _rate_limited(text, retry_after)
+        error.upstream = True
+        return error
+    return None
 
 
 def _mapped_dify_error(status: int, body: Any, retry_after: str | None) -> OpenAIError:
@@ -119,8 +149,8 @@ def _mapped_dify_error(status: int, body: Any, retry_after: str | None) -> OpenA
     if dify_code in _QUOTA_CODES:
         return OpenAIError(429, text, type="insufficient_quota", code="insufficient_quota",
                            headers={"x-should-retry": "false"})
-    if "context length" in message.lower() or "maximum context" in message.lower():
-        return OpenAIError(400, text, param="messages", code="context_length_exceeded")
+    if named := failure_from_message(message, text, retry_after or "1"):
+        return named
     if status in (401, 403):
         # The gateway's own Dify key was refused: the client can do nothing about it.
         return server_error(f"Dify refused the app key configured for this model ({message})", 502,

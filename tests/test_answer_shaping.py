@@ -8,9 +8,15 @@ import openai
 import pytest
 import requests
 
-from core.items import TEXT
-from core.response.stages import StopSequences, json_answer
+from core.errors import OpenAIError
+from core.items import END, ERROR, TEXT
+from core.request.tools import parse_tool_request
+from core.response.pipeline import OutputPipeline
+from core.response.reasoning import ThinkSplitter
+from core.response.stages import JsonAnswer, StopSequences, json_answer
+from core.response.tool_parser import ToolCallParser
 from tests.conftest import CLIENT_KEY
+from tests.raw_dify import sse_events
 from tests.scenarios import EVENT_WAIT, running_dify_answer, user_message
 from tests.test_http_surface import assert_openai_error, read_sse
 
@@ -60,6 +66,63 @@ def test_stop_sequences_cut_the_answer_and_stop_dify(raw_dify, raw_client, strea
     assert (run.method, run.path, stop.method, stop.path, stop.key) == (
         "POST", "/v1/chat-messages", "POST", f"/v1/chat-messages/{task_id}/stop", "app-raw")
     assert json.loads(stop.body) == {"user": json.loads(run.body)["user"]}
+
+
+def whole_answer(words: list[str]) -> bytes:
+    """For `RawDify.answer`: a finished chat stream of `words`, framed by Content-Length."""
+    body = sse_events(words)
+    return b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}}}}
+
+
+def test_the_stages_give_out_what_they_held_in_order_unit():
+    """At the end each stage first takes what the stages before it gave out, then gives out
+    what it holds: nothing is lost in a stage flushed before it got it, nothing reordered."""
+    tools = parse_tool_request({"tools": [WEATHER_TOOL]})
+
+    def answer(stages, *pieces):
+        pipeline = OutputPipeline(stages)
+        items = []
+        for piece in pieces:
+            items += pipeline.process([(TEXT, piece)])
+        items += pipeline.process([(END, ("stop", None))])
+        return "".join(value for kind, value in items if kind == TEXT), items[-1]
+
+    fenced = '```json\n{"city": "Paris", "temp": 21}\n'
+    assert answer([ThinkSplitter(), ToolCallParser(tools), JsonAnswer()], fenced) == (
+        '{"city": "Paris", "temp": 21}', (END, ("stop", None)))
+    assert answer([ThinkSplitter(), ToolCallParser(tools), StopSequences(["```"])], "Run `ls`")[0] == "Run `ls`"
+    assert answer([ThinkSplitter(), StopSequences(["END"])], "a EN", "<")[0] == "a EN<"
+    # The same on the error path: the held text goes out, in order, before the error.
+    pipeline = OutputPipeline([ThinkSplitter(), StopSequences(["END"])])
+    error = OpenAIError(502, "boom")
+    items = pipeline.process([(TEXT, "a EN")]) + pipeline.process([(TEXT, "<"), (ERROR, error)])
+    assert items == [(TEXT, "a "), (TEXT, "EN<"), (ERROR, error)]
+
+
+@pytest.mark.parametrize(("words", "options", "expected"), [
+    # A tool parser holds the unclosed fence; the JSON answer must still get it.
+    (['```json\n{"city": "Paris", "temp": 21}\n'],
+     {"tools": [WEATHER_TOOL], "response_format": {"type": "json_object"}}, '{"city": "Paris", "temp": 21}'),
+    # A tool parser holds the closing backtick; the stop stage must not lose it.
+    (["Run `ls`"], {"tools": [WEATHER_TOOL], "stop": ["```"]}, "Run `ls`"),
+    # The stop stage holds "EN", the think splitter "<": in the order they came.
+    (["a EN", "<"], {"stop": ["END"]}, "a EN<"),
+])
+@pytest.mark.parametrize("stream", [False, True])
+def test_text_held_by_several_stages_reaches_the_client_whole(raw_dify, raw_client, words, options, expected,
+                                                               stream):
+    raw_dify.answer = whole_answer(words)
+    messages = user_message("x")
+    if stream:
+        text, finish = stream_text(raw_client, model="raw-chat", messages=messages, **options)
+    else:
+        choice = raw_client.chat.completions.create(model="raw-chat", messages=messages, **options).choices[0]
+        text, finish = choice.message.content, choice.finish_reason
+    assert (text, finish) == (expected, "stop")
 
 
 def test_stop_sequences_on_text_completions(client):

@@ -255,3 +255,126 @@ def test_tts_events_are_ignored(plain, model, scenario, expected_usage, stream):
     answer = ask(plain, model, "hi", stream, **scenario)
     assert answer.content == "You said: hi" and answer.reasoning == ""
     assert answer.finish_reasons == ["stop"] and answer.usage == expected_usage
+
+
+# -- 7. event sequences scripted on the raw fake Dify (tests/raw_dify.py) -------------------------
+
+
+RAW_APPS = {f"app-raw-{mode}": {"name": f"raw-{mode}", "description": "", "tags": [], "mode": mode,
+                                "author_name": "test"}
+            for mode in ("chat", "agent", "advanced-chat", "workflow", "completion")}
+TASK_ID = "9d3c2b1a-7e6f-4d5c-8b9a-0e1f2a3b4c5d"
+CHAT_IDS = {"conversation_id": "3c1e0b6a-5a1f-4b7e-9a43-0f6f0c2d9a11",
+            "message_id": "f2b8f2d6-1c0e-4c5e-8a9f-2f6b1d7e3c44", "created_at": 1735689600, "task_id": TASK_ID}
+WORKFLOW_IDS = {"workflow_run_id": "6a0f8c2e-3b1d-4e5f-9a7b-1c2d3e4f5a6b", "task_id": TASK_ID}
+
+
+def chat_event(name: str, **fields: Any) -> dict[str, Any]:
+    return {"event": name, **CHAT_IDS, **fields}
+
+
+def message_end(prompt: int = 5, completion: int = 3) -> dict[str, Any]:
+    return chat_event("message_end", metadata={"usage": usage(prompt, completion)}, files=[])
+
+
+def dify_stream(*events: dict[str, Any]) -> bytes:
+    """For `RawDify.answer`: the events as one whole Dify stream, framed by Content-Length."""
+    body = b"".join(b"data: " + json.dumps(event).encode() + b"\n\n" for event in events)
+    return b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+@pytest.fixture(scope="module")
+def scripted(start_gateway, raw_dify) -> GatewayProcess:
+    """A gateway in front of the raw fake Dify, one app of each mode (model `raw-<mode>`)."""
+    raw_dify.apps.update(RAW_APPS)
+    return start_gateway(DIFY_API_BASE=raw_dify.base_url, DIFY_API_KEYS=",".join(RAW_APPS))
+
+
+def ask_scripted(gateway: GatewayProcess, raw_dify, mode: str, stream: bool, *events: dict[str, Any]) -> Answer:
+    raw_dify.answer = dify_stream(*events)
+    return answer_of(post(gateway, f"raw-{mode}", user_message("x"), stream), stream)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_unflagged_message_replace_changes_nothing(scripted, raw_dify, stream):
+    """Before langgenius/dify#17056 was fixed (Dify 1.0-1.2) output moderation sends
+    message_replace with the unchanged answer on every run (docs/dify.md 4.5)."""
+    answer = ask_scripted(scripted, raw_dify, "chat", stream, chat_event("message", answer="shang"),
+                          chat_event("message", answer="hai"),
+                          chat_event("message_replace", answer="shanghai", reason=""), message_end())
+    assert (answer.content, answer.finish_reasons, answer.usage) == ("shanghai", ["stop"], usage(5, 3))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_flagged_message_replace_is_still_a_content_filter(scripted, raw_dify, stream):
+    answer = ask_scripted(scripted, raw_dify, "chat", stream, chat_event("message", answer="shanghai"),
+                          chat_event("message_replace", answer="[blocked]", reason=""), message_end())
+    # A stream cannot take back what it sent: the replacement follows it.
+    assert answer.content == ("shanghai[blocked]" if stream else "[blocked]")
+    assert answer.finish_reasons == ["content_filter"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_new_agent_answer_is_not_repeated_after_a_tool_made_a_file(scripted, raw_dify, stream):
+    """After a file for the answer Dify relabels `message` chunks as `message_file`, New Agent's
+    closing full answer included (docs/dify.md 4.5, 4.6)."""
+    answer = ask_scripted(scripted, raw_dify, "agent", stream, chat_event("agent_message", answer="Here "),
+                          chat_event("agent_message", answer="it is."),
+                          chat_event("message_file", id="f1", type="image", belongs_to="assistant", url="/files/x.png"),
+                          chat_event("message_file", answer="Here it is.", from_variable_selector=[]), message_end())
+    origin = raw_dify.base_url.removesuffix("/v1")
+    assert answer.content == f"Here it is.\n\n![image]({origin}/files/x.png)\n\n"
+    assert answer.finish_reasons == ["stop"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_new_agent_tool_call_shows_its_whole_arguments(scripted, raw_dify, stream):
+    """New Agent upserts the tool row with each argument delta (docs/dify.md 4.6)."""
+    def row(**fields: Any) -> dict[str, Any]:
+        return chat_event("agent_thought", **{"id": "T3", "position": 3, "thought": "", "observation": "",
+                                              "tool": "get_weather", **fields})
+
+    answer = ask_scripted(scripted, raw_dify, "agent", stream, row(tool_input='{"ci'),
+                          row(tool_input='{"city": "Paris"}'),
+                          row(tool_input='{"city": "Paris"}', observation='{"temp": 21}'),
+                          chat_event("agent_message", answer="It is 21."), chat_event("message", answer="It is 21."),
+                          message_end())
+    assert answer.reasoning == 'Calling tool get_weather with {"city": "Paris"}\nget_weather returned: {"temp": 21}\n'
+    assert answer.content == "It is 21." and answer.finish_reasons == ["stop"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_stopped_chatflow_before_113_keeps_the_usage_of_its_message_end(scripted, raw_dify, stream):
+    """Chatflow <= 1.12 sends workflow_finished(stopped), then message_end (docs/dify.md 4.6, 7)."""
+    answer = ask_scripted(scripted, raw_dify, "advanced-chat", stream, chat_event("message", answer="Hi"),
+                          chat_event("workflow_finished", workflow_run_id="w1",
+                                     data={"status": "stopped", "total_tokens": 9, "outputs": {"answer": "Hi"}}),
+                          message_end(5, 3))
+    assert (answer.content, answer.finish_reasons, answer.usage) == ("Hi", ["stop"], usage(5, 3))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_stopped_workflow_keeps_its_usage_and_outputs(scripted, raw_dify, stream):
+    finished = {"event": "workflow_finished", **WORKFLOW_IDS,
+                "data": {"status": "stopped", "total_tokens": 9, "outputs": {"text": "half an answer"}}}
+    answer = ask_scripted(scripted, raw_dify, "workflow", stream, finished)
+    assert (answer.content, answer.finish_reasons, answer.usage) == ("half an answer", ["stop"], workflow_usage(9))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_negative_token_counts_count_zero(scripted, raw_dify, stream):
+    end = chat_event("message_end", metadata={"usage": {"prompt_tokens": "-5", "completion_tokens": 3,
+                                                        "total_tokens": -2}})
+    answer = ask_scripted(scripted, raw_dify, "chat", stream, chat_event("message", answer="ok"), end)
+    assert (answer.content, answer.usage) == ("ok", usage(0, 3))
+
+
+def test_a_replaced_text_completion_keeps_its_echoed_prompt(scripted, raw_dify):
+    events = [{"event": "message", **CHAT_IDS, "answer": "hello"},
+              {"event": "message_replace", **CHAT_IDS, "answer": "[blocked]", "reason": ""}, message_end()]
+    raw_dify.answer = dify_stream(*events)
+    response = requests.post(scripted.base_url + "/completions", headers=AUTH, timeout=TIMEOUT,
+                             json={"model": "raw-completion", "prompt": "Say hi: ", "echo": True})
+    assert response.status_code == 200, response.text
+    [choice] = response.json()["choices"]
+    assert (choice["text"], choice["finish_reason"]) == ("Say hi: [blocked]", "content_filter")

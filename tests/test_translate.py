@@ -6,16 +6,18 @@ import re
 import pytest
 
 from core.errors import OpenAIError
-from core.items import END, ERROR, PING_ITEM, REPLACE, TEXT
+from core.items import AGENT_TOOL_CALL, AGENT_TOOL_RESULT, END, ERROR, PING_ITEM, REASONING, REPLACE, TEXT
+from core.response.reasoning import AgentThoughts
 from core.response.render import (
     ChatChunkEncoder,
     ChoiceCollector,
     TextChunkEncoder,
+    TextShape,
     chat_completion_body,
     collect,
     sse_body,
 )
-from core.response.translate import DifyEventTranslator, outputs_text
+from core.response.translate import DifyEventTranslator, outputs_text, usage_from_dify
 from edge.ids import new_id
 
 USAGE = {"prompt_tokens": 3, "prompt_price": "0.0001", "completion_tokens": 2, "total_tokens": 5,
@@ -210,3 +212,141 @@ def test_ids_are_128_random_bits_in_hex():
     assert len(ids) == 1000
     assert all(re.fullmatch(r"chatcmpl-[0-9a-f]{32}", value) for value in ids)
     assert re.fullmatch(r"req_[0-9a-f]{32}", new_id("req", "_"))
+
+
+# -- review findings: moderation, New Agent, stopped and failed runs, echo, token counts -----------
+
+
+def test_a_replacement_equal_to_the_answer_is_dropped_and_a_real_one_kept():
+    """Dify 1.0-1.2 (langgenius/dify#17056) sends message_replace with the unchanged answer on
+    every run of an app with output moderation: it changes nothing. A real one still replaces."""
+    end = {"event": "message_end", "task_id": "t1", "metadata": {}}
+    unchanged = feed_all(DifyEventTranslator("chat"), [
+        message("shang"), message("hai"), {"event": "message_replace", "answer": "shanghai", "reason": ""}, end])
+    assert unchanged == [(TEXT, "shang"), (TEXT, "hai"), (END, ("stop", None))]
+    translator = DifyEventTranslator("chat")
+    replaced = feed_all(translator, [message("bad"), {"event": "message_replace", "answer": "[removed]"},
+                                     message(" more"), {"event": "message_replace", "answer": "[removed] more"}, end])
+    assert replaced == [(TEXT, "bad"), (REPLACE, "[removed]"), (TEXT, " more"), (END, ("stop", None))]
+    workflow = DifyEventTranslator("workflow")
+    assert feed_all(workflow, [{"event": "text_chunk", "data": {"text": "ok"}},
+                               {"event": "text_replace", "data": {"text": "ok"}}]) == [(TEXT, "ok")]
+    collector = ChoiceCollector()
+    for kind, value in unchanged:
+        collector.add(kind, value)
+    assert (collector.text, collector.finish_reason) == ("shanghai", "stop")
+
+
+def test_new_agent_closing_answer_relabelled_message_file_is_not_appended():
+    """After a file for the answer, Dify relabels `message` chunks as `message_file`, the closing
+    full answer of New Agent included (docs/dify.md 4.5, 4.6)."""
+    translator = DifyEventTranslator("agent", file_origin="http://dify")
+    items = feed_all(translator, [
+        message("Here ", "agent_message"), message("it is.", "agent_message"),
+        {"event": "message_file", "id": "f1", "type": "image", "belongs_to": "assistant", "url": "/files/x.png"},
+        message("Here it is.", "message_file")])
+    assert items == [(TEXT, "Here "), (TEXT, "it is."), (TEXT, "\n\n![image](http://dify/files/x.png)\n\n")]
+    # Only empty deltas before it: the closing message is the only text there is.
+    assert feed_all(DifyEventTranslator("agent"), [message("", "agent_message"), message("Full answer")]) == [
+        (TEXT, "Full answer")]
+
+
+def thought(**fields):
+    return {"event": "agent_thought", "task_id": "t1", "id": "T3", "position": 3, "thought": "", "observation": "",
+            "tool": "get_weather", **fields}
+
+
+@pytest.mark.parametrize("mode", ["reasoning", "tool_calls"])
+def test_new_agent_tool_call_waits_for_its_whole_arguments(mode):
+    """New Agent upserts the tool row with each argument delta: the call goes out once they parse."""
+    translator = DifyEventTranslator("agent", AgentThoughts(mode))
+    assert translator.feed(thought(tool_input='{"ci')) == []
+    assert translator.feed(thought(tool_input='{"city": "Par')) == []
+    completed = translator.feed(thought(tool_input='{"city": "Paris"}'))
+    answered = translator.feed(thought(tool_input='{"city": "Paris"}', observation='{"temp": 21}'))
+    if mode == "reasoning":
+        assert completed == [(REASONING, 'Calling tool get_weather with {"city": "Paris"}\n')]
+        assert answered == [(REASONING, 'get_weather returned: {"temp": 21}\n')]
+    else:
+        assert completed == [(AGENT_TOOL_CALL, {"id": "call_T3_0", "name": "get_weather",
+                                                "arguments": '{"city": "Paris"}'})]
+        assert answered == [(AGENT_TOOL_RESULT, {"id": "call_T3_0", "name": "get_weather",
+                                                 "content": '{"temp": 21}'})]
+
+
+def test_a_held_agent_tool_call_goes_out_at_its_observation_the_next_thought_or_the_end():
+    at_observation = DifyEventTranslator("agent", AgentThoughts())
+    assert at_observation.feed(thought(tool_input='{"ci')) == []
+    assert at_observation.feed(thought(tool_input='{"ci', observation="sunny")) == [
+        (REASONING, 'Calling tool get_weather with {"ci\nget_weather returned: sunny\n')]
+    next_thought = DifyEventTranslator("agent", AgentThoughts())
+    next_thought.feed(thought(tool_input='{"city": "Pa'))
+    assert next_thought.feed(thought(id="T4", position=4, tool="", tool_input="")) == [
+        (REASONING, 'Calling tool get_weather with {"city": "Pa\n')]
+    at_end = DifyEventTranslator("agent", AgentThoughts("tool_calls"))
+    at_end.feed(thought(tool_input='{"city": "Pa'))
+    assert at_end.feed({"event": "message_end", "task_id": "t1", "metadata": {}}) == [
+        (AGENT_TOOL_CALL, {"id": "call_T3_0", "name": "get_weather", "arguments": '{"city": "Pa'}),
+        (END, ("stop", None))]
+
+
+WORKFLOW_ERRORS = [
+    ("[openai] Error code: 400 - This model's maximum context length is 8192 tokens. However, your messages "
+     "resulted in 9000 tokens.", 400, "context_length_exceeded", False),
+    ("[openai] Error code: 429 - Rate limit reached for gpt-4o", 429, "rate_limit_exceeded", True),
+    ("Too many requests. Please try again later.", 429, "rate_limit_exceeded", True),
+    ("You exceeded your current quota, please check your plan and billing details.", 429, "insufficient_quota", True),
+    ("node broke", 502, "workflow_failed", True),
+]
+
+
+@pytest.mark.parametrize("mode", ["workflow", "advanced-chat"])
+@pytest.mark.parametrize(("reason", "status", "code", "upstream"), WORKFLOW_ERRORS)
+def test_a_failed_run_is_told_by_its_reason_as_an_error_event_would_be(mode, reason, status, code, upstream):
+    translator = DifyEventTranslator(mode)
+    [(kind, error)] = translator.feed({"event": "workflow_finished", "task_id": "t", "workflow_run_id": "w",
+                                       "data": {"status": "failed", "error": reason}})
+    assert kind == ERROR and translator.finished
+    assert (error.status, error.code, error.upstream) == (status, code, upstream)
+    assert error.message == f"Dify workflow failed: {reason}"
+    as_event = DifyEventTranslator(mode).feed({"event": "error", "code": "completion_request_error", "status": 400,
+                                               "message": reason})[0][1]
+    if status != 502:  # the same words in an `error` event name the same failure
+        assert (as_event.status, as_event.code) == (status, code)
+
+
+def test_a_stopped_workflow_keeps_its_usage_and_outputs():
+    translator = DifyEventTranslator("workflow")
+    items = translator.feed({"event": "workflow_finished", "task_id": "t", "workflow_run_id": "w", "data": {
+        "status": "stopped", "outputs": {"text": "partial"}, "total_tokens": 9}})
+    assert items == [(TEXT, "partial"), (END, ("stop", {"prompt_tokens": 0, "completion_tokens": 9,
+                                                        "total_tokens": 9}))]
+
+
+def test_a_stopped_chatflow_waits_for_its_message_end_or_the_end_of_the_body():
+    stopped = {"event": "workflow_finished", "task_id": "t", "data": {"status": "stopped", "total_tokens": 9}}
+    end = {"event": "message_end", "task_id": "t", "metadata": {"usage": USAGE}}
+    before_113 = DifyEventTranslator("advanced-chat")
+    assert feed_all(before_113, [message("Hi"), stopped]) == [(TEXT, "Hi")] and not before_113.finished
+    assert before_113.feed(end) == [(END, ("stop", {"prompt_tokens": 3, "completion_tokens": 2,
+                                                    "total_tokens": 5}))]
+    since_113 = DifyEventTranslator("advanced-chat")
+    feed_all(since_113, [message("Hi"), stopped])
+    assert since_113.feed_eof() == [(END, ("stop", None))]
+
+
+def test_text_completion_echo_is_kept_when_dify_replaces_the_answer():
+    collector = TextShape("cmpl-x", 1, "m", ["Say hi: "]).collectors()[0]
+    for kind, value in [(TEXT, "hello"), (REPLACE, "[blocked]"), (END, ("stop", None))]:
+        collector.add(kind, value)
+    assert (collector.text, collector.finish_reason) == ("Say hi: [blocked]", "content_filter")
+
+
+def test_negative_token_counts_count_zero():
+    assert usage_from_dify({"prompt_tokens": "-5", "completion_tokens": -3, "total_tokens": -8}) == {
+        "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    assert usage_from_dify({"prompt_tokens": 4, "completion_tokens": "-1", "total_tokens": None}) == {
+        "prompt_tokens": 4, "completion_tokens": 0, "total_tokens": 4}
+    workflow = DifyEventTranslator("workflow")
+    workflow.feed({"event": "workflow_finished", "task_id": "t", "data": {"status": "succeeded", "total_tokens": -2}})
+    assert workflow.usage == {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}

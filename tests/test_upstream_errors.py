@@ -10,10 +10,13 @@ import openai
 import pytest
 import requests
 
+from core.errors import from_dify_error
 from tests.conftest import CLIENT_KEY
 from tests.gateway_process import free_port
-from tests.scenarios import raw_chat_request, user_message, wait_for
+from tests.scenarios import chat_requests, raw_chat_request, user_message, wait_for
 from tests.test_http_surface import assert_openai_error, chat_body, read_sse
+from tests.test_memory_codec import reference_encode
+from tests.test_operations import scrape, value
 
 
 @pytest.mark.parametrize(("dify_error", "status", "code"), [
@@ -181,3 +184,82 @@ def test_client_gone_before_dify_answered_cancels_the_calls_cleanly(start_gatewa
     assert reply.json()["choices"][0]["message"]["content"] == "You said: again"
     assert gateway.worker_pids() == workers
     assert "Traceback" not in gateway.output() and " failed with " not in gateway.output()
+
+
+# -- failed runs told by their reason; what counts as Dify's failure ------------------------------
+
+
+CONTEXT_TOO_LONG = ("[openai] Error code: 400 - This model's maximum context length is 8192 tokens. However, your "
+                    "messages resulted in 9000 tokens.")
+RATE_LIMITED = "[openai] Error code: 429 - Rate limit reached for gpt-4o on tokens per min (TPM)."
+
+
+@pytest.mark.parametrize(("reason", "status", "code"), [(CONTEXT_TOO_LONG, 400, "context_length_exceeded"),
+                                                        (RATE_LIMITED, 429, "rate_limit_exceeded")])
+@pytest.mark.parametrize("model", ["demo-chatflow", "demo-workflow"])
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_failed_run_is_answered_as_its_reason_says(quiet_gateway, model, reason, status, code, stream):
+    """workflow_finished(failed) carries only the failing node's text (docs/dify.md 3.4): a context
+    too long or a rate limit is the status an `error` event with that text would give, not a 502."""
+    response = requests.post(quiet_gateway.base_url + "/chat/completions", timeout=30,
+                             headers={"Authorization": f"Bearer {CLIENT_KEY}"},
+                             json=chat_body("x", stream=stream, model=model, chunks=[], workflow_status="failed",
+                                            workflow_error=reason))
+    error = assert_openai_error(response, status, code)
+    assert error["message"] == f"Dify workflow failed: {reason}"
+    if status == 429:
+        assert int(response.headers["Retry-After"]) >= 1
+
+
+@pytest.mark.parametrize(("status", "body", "upstream"), [
+    (500, {"code": "internal_server_error", "message": "x"}, True),
+    (502, None, True),
+    (401, {"code": "unauthorized", "message": "Access token is invalid"}, True),  # the gateway's app key
+    (400, {"code": "app_unavailable", "message": "App unavailable"}, True),  # the app's configuration
+    (400, {"code": "not_chat_app", "message": "x"}, True),
+    (429, {"code": "too_many_requests", "message": "x"}, True),
+    (400, {"code": "provider_quota_exceeded", "message": "quota"}, True),
+    (400, {"code": "invalid_param", "message": "Arg user must be provided."}, False),
+    (400, {"code": "completion_request_error", "message": "maximum context length is 8192 tokens"}, False),
+    (404, {"code": "not_found", "message": "Conversation Not Exists."}, False),
+])
+def test_only_failures_of_dify_are_upstream_errors(status, body, upstream):
+    """opendify_upstream_errors_total counts what Dify caused, never what the request did."""
+    assert from_dify_error(status, body).upstream is upstream
+
+
+@pytest.fixture(scope="module")
+def metered(start_gateway):
+    return start_gateway(METRICS="on", CONVERSATION_MEMORY_MODE="2")
+
+
+def upstream_errors(gateway) -> dict[str, float]:
+    """opendify_upstream_errors_total of the kinds this test makes."""
+    samples = scrape(gateway)
+    return {kind: value(samples, "opendify_upstream_errors_total", kind=kind)
+            for kind in ("not_found", "invalid_param", "internal_server_error")}
+
+
+def test_recovered_404s_and_client_mistakes_are_not_counted_as_upstream_errors(metered, recorded):
+    """A mode-2 turn whose conversation Dify no longer has gets a 404 that the gateway recovers
+    from (the client gets 200), and an invalid parameter is the request's fault: neither is a
+    failure of Dify. A Dify fault still counts."""
+    before = upstream_errors(metered)
+    stale_id = str(uuid.uuid4())
+    messages = [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1" + reference_encode(stale_id)},
+                {"role": "user", "content": "q2"}]
+    headers = {"Authorization": f"Bearer {CLIENT_KEY}"}
+    recovered = requests.post(metered.base_url + "/chat/completions", headers=headers, timeout=30,
+                              json={"model": "demo-chat", "messages": messages})
+    assert recovered.status_code == 200, recovered.text
+    # The 404 was met: the stale conversation was tried first, then a new one.
+    assert [call["json"]["conversation_id"] for call in chat_requests(recorded)] == [stale_id, ""]
+    mistake = requests.post(metered.base_url + "/chat/completions", headers=headers, timeout=30,
+                            json=chat_body("x", stream=False, http_error="invalid_param"))
+    assert_openai_error(mistake, 400, "invalid_param")
+    fault = requests.post(metered.base_url + "/chat/completions", headers=headers, timeout=30,
+                          json=chat_body("x", stream=False, http_error="internal_server_error"))
+    assert_openai_error(fault, 502, "internal_server_error")
+    after = upstream_errors(metered)
+    assert {kind: after[kind] - before[kind] for kind in after} == {
+        "not_found": 0, "invalid_param": 0, "internal_server_error": 1}

@@ -83,12 +83,13 @@ class OutputPipeline:
                 stage.flush()
 
     def _flush(self, broken: bool = False) -> list[Item]:
-        """What the stages hold; when the answer `broken` off, a half-written tool call is
-        released as text rather than completed into a call."""
+        """What the stages hold, in order: each stage first takes what the stages before it
+        gave out at the end, then gives out all it holds. When the answer `broken` off, a
+        half-written tool call is released as text rather than completed into a call."""
         pending: list[Item] = []
         for stage in self._stages:
-            held = stage.release() if broken and isinstance(stage, ToolCallParser) else stage.flush()
-            pending = _through(stage, pending) + held
+            pending = _through(stage, pending)
+            pending += stage.release() if broken and isinstance(stage, ToolCallParser) else stage.flush()
         return pending
 
     def _end(self, finish_reason: str, usage: Any) -> list[Item]:

@@ -185,6 +185,7 @@ class _Thought:
     called: set[str] = field(default_factory=set)  # tools whose call was emitted
     answered: set[str] = field(default_factory=set)  # tools whose observation was emitted
     thought: str = ""  # thought text already rendered
+    tool_input: Any = None  # the newest tool_input, for calls held until it is complete
 
     def call_id(self, name: str) -> str:
         return f"call_{self.key}_{self.tools[name]}"
@@ -213,6 +214,17 @@ def _parse(value: Any) -> tuple[str, Any]:
 def _tool_names(value: Any) -> list[str]:
     """Several tools called in one iteration arrive joined by ";" (docs/dify.md 4.5)."""
     return [name.strip() for name in _text(value).split(";") if name.strip()]
+
+
+def _is_json(value: Any) -> bool:
+    """Whether a tool_input is complete: JSON (New Agent upserts it with each argument delta)."""
+    if isinstance(value, (dict, list)):
+        return True
+    try:
+        json.loads(_text(value))
+    except ValueError:
+        return False
+    return True
 
 
 def _keyed(parsed: Any, names: list[str]) -> bool:
@@ -246,6 +258,12 @@ class AgentThoughts:
     4.6); its tools have already run on Dify, so they are reported, never executed. In reasoning
     mode the `thought` text is rendered only for iterations that call a tool: the last iteration's
     thought is the final answer, which agent_message already streams.
+
+    Easy-UI agents name a tool with its whole `tool_input`, so its call goes out at once. New
+    Agent upserts the tool row with each argument delta (`{"ci`, then `{"city": "Paris"}`,
+    docs/dify.md 4.6): there a call goes out once its arguments are known, when `tool_input`
+    parses as JSON, when its observation arrives, when the next thought begins, or, through
+    `flush`, when the answer ends.
     """
 
     def __init__(self, mode: str = AGENT_REASONING) -> None:
@@ -253,26 +271,53 @@ class AgentThoughts:
             raise ValueError(f"agent thought mode must be one of {', '.join(AGENT_MODES)}, not {mode!r}")
         self.mode = mode
         self._thoughts: dict[str, _Thought] = {}
+        self._current: _Thought | None = None  # the thought of the newest upsert
         self._line_open = False  # the last reasoning text did not end with a newline
 
-    def feed(self, event: dict[str, Any], shown: str = "") -> list[Item]:
+    def feed(self, event: dict[str, Any], shown: str = "", argument_deltas: bool = False) -> list[Item]:
         """What this agent_thought event adds to the earlier ones with the same id. `shown`: the
         text this iteration already streamed as the answer (agent_message), which a function-
-        calling agent's thought repeats: it is not shown again."""
+        calling agent's thought repeats: it is not shown again. `argument_deltas`: tool_input
+        may still be incomplete (New Agent), so a call waits for its whole arguments."""
         if self.mode == AGENT_HIDDEN:
             return []
         state = self._state(event)
+        out = self._held(self._current) if self._current is not None and self._current is not state else []
+        self._current = state
         for name in _tool_names(event.get("tool")):
             state.tools.setdefault(name, len(state.tools))
         if not state.tools:
-            return []  # no tool yet: the thought may still turn out to be the final answer
-        steps = self._new_steps(state, event)
+            return out  # no tool yet: the thought may still turn out to be the final answer
+        steps = self._new_steps(state, event, argument_deltas)
         if self.mode == AGENT_TOOL_CALLS:
-            return [self._tool_item(state, kind, name, value) for kind, name, value in steps]
+            return out + [self._tool_item(state, kind, name, value) for kind, name, value in steps]
         thought = _text(event.get("thought"))
         if shown.strip() and " ".join(thought.split()) == " ".join(shown.split()):
             state.thought = thought  # already on the client's screen, as answer text
-        return self._reasoning(state, thought, steps)
+        return out + self._reasoning(state, thought, steps)
+
+    def flush(self) -> list[Item]:
+        """The calls still held back for want of complete arguments (the answer ended): each with
+        the newest arguments Dify sent."""
+        out: list[Item] = []
+        for state in self._thoughts.values():
+            out += self._held(state)
+        return out
+
+    def _held(self, state: _Thought) -> list[Item]:
+        """The calls of `state` not emitted yet, with the newest arguments it had."""
+        names = list(state.tools)
+        raw_input, tool_input = _parse(state.tool_input)
+        steps = []
+        for name in names:
+            if name not in state.called:
+                state.called.add(name)
+                steps.append((AGENT_TOOL_CALL, name, _arguments(name, names, raw_input, tool_input)))
+        if not steps or self.mode == AGENT_HIDDEN:
+            return []
+        if self.mode == AGENT_TOOL_CALLS:
+            return [self._tool_item(state, kind, name, value) for kind, name, value in steps]
+        return self._reasoning(state, state.thought, steps)
 
     def _state(self, event: dict[str, Any]) -> _Thought:
         # Clients upsert by id, or by position when there is no id (docs/dify.md 4.5).
@@ -282,15 +327,22 @@ class AgentThoughts:
         return self._thoughts[key]
 
     @staticmethod
-    def _new_steps(state: _Thought, event: dict[str, Any]) -> list[tuple[str, str, str]]:
+    def _new_steps(state: _Thought, event: dict[str, Any], argument_deltas: bool) -> list[tuple[str, str, str]]:
         """(kind, tool name, arguments or content) not emitted yet; a call always before its result,
-        even when the observation arrives in the first upsert that names the tool."""
+        even when the observation arrives in the first upsert that names the tool. With
+        `argument_deltas`, a call whose tool_input is not whole JSON yet, and that has no
+        observation, is held (see the class)."""
         names = list(state.tools)
-        raw_input, tool_input = _parse(event.get("tool_input"))
+        if event.get("tool_input") not in (None, ""):
+            state.tool_input = event.get("tool_input")
+        raw_input, tool_input = _parse(state.tool_input)
         raw_output, observation = _parse(event.get("observation"))
+        complete = not argument_deltas or bool(raw_output) or _is_json(state.tool_input)
         steps = []
         for name in names:
             if name not in state.called:
+                if not complete:
+                    continue
                 state.called.add(name)
                 steps.append((AGENT_TOOL_CALL, name, _arguments(name, names, raw_input, tool_input)))
             content = None if name in state.answered else _result(name, names, raw_output, observation)

@@ -246,6 +246,7 @@ class ChoiceCollector:
     reason and usage."""
 
     def __init__(self, prefix: str = "") -> None:
+        self._prefix = prefix  # /v1/completions `echo`: the prompt, kept when Dify replaces the answer
         self._parts: list[str] = [prefix] if prefix else []
         self._reasoning: list[str] = []
         self.tool_calls: list[dict[str, Any]] = []
@@ -267,7 +268,7 @@ class ChoiceCollector:
         elif kind == CITATIONS:
             self.citations += value
         elif kind == REPLACE:
-            self._parts = [value]
+            self._parts = [self._prefix, value] if self._prefix else [value]
             self.finish_reason = "content_filter"
         elif kind == END:
             finish_reason, self.usage = value

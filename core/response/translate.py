@@ -8,21 +8,28 @@ renderings.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
-from core.errors import from_dify_error, invalid_request, upstream_failure
+from core.errors import failure_from_message, from_dify_error, invalid_request, upstream_failure
 from core.items import CITATIONS, END, ERROR, PING_ITEM, REASONING, REPLACE, TEXT, USAGE_KEYS, Item
 from core.response.reasoning import AgentThoughts
 
 
 def _token_count(value: Any) -> int:
     """A token count as Dify writes it (an int; a number in a string is taken too). Anything
-    else counts 0: a malformed count must not fail an answer that is otherwise whole."""
+    else counts 0, and so does a negative number: a malformed count must not fail an answer
+    that is otherwise whole (nor, later, the metrics' counters, which only go up)."""
     try:
-        return int(value or 0)
+        return max(0, int(value or 0))
     except (TypeError, ValueError, OverflowError):
         return 0
+
+
+def _digest(text: str) -> Any:
+    """A running digest of answer text (lone surrogates, valid in JSON escapes, included)."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass"))
 
 
 def usage_from_dify(usage: Any) -> dict[str, int] | None:
@@ -124,12 +131,15 @@ class DifyEventTranslator:
         self.usage: dict[str, int] | None = None
         self.finished = False
         self._agent_text_seen = False
+        # A digest of the answer text this stream gave out so far (not the text: a held stream
+        # stays small), to recognise a replacement that changes nothing (see `_replace`).
+        self._answer = _digest("")
         # The agent iteration (agent_thought id) under way, and the agent_message text it streamed:
         # its thought repeats that text, which the client must not get twice.
         self._iteration: Any = None
         self._iteration_text: list[str] = []
         self._text_seen = False
-        self._workflow_succeeded = False
+        self._workflow_ended = False  # a chatflow's workflow_finished came (message_end may follow)
         self._waiting_at: list[str] = []  # the Human Input nodes a pausing run named (human_input_required)
 
     def feed(self, event: dict[str, Any]) -> list[Item]:
@@ -141,7 +151,7 @@ class DifyEventTranslator:
             self.conversation_id = _dify_id(event.get("conversation_id"))
             self.message_id = _dify_id(event.get("message_id"))
         if name == "message_replace":
-            return [(REPLACE, str(event.get("answer") or ""))]
+            return self._replace(event.get("answer"))
         answer = event.get("answer")
         if answer is not None:
             return self._text(name, answer)
@@ -158,11 +168,11 @@ class DifyEventTranslator:
         if name == "text_chunk":  # workflow apps stream End-node text this way
             return self._text(name, (event.get("data") or {}).get("text"))
         if name == "text_replace":
-            return [(REPLACE, str((event.get("data") or {}).get("text") or ""))]
+            return self._replace((event.get("data") or {}).get("text"))
         if name == "message_end":
             metadata = event.get("metadata") or {}
             self.usage = usage_from_dify(metadata.get("usage"))
-            return self._cited(metadata.get("retriever_resources")) + self._end("stop")
+            return self._thoughts_left() + self._cited(metadata.get("retriever_resources")) + self._end("stop")
         if name == "error":
             self.finished = True
             return [(ERROR, from_dify_error(400, event))]
@@ -186,15 +196,30 @@ class DifyEventTranslator:
         # Any event with an `answer` is text, whatever its name: Dify 1.11.2-1.12 relabels
         # message chunks as `message_file` (docs/dify.md 4.5).
         if name == "agent_message":
-            self._agent_text_seen = True
-            if isinstance(answer, str):
+            if isinstance(answer, str) and answer:
+                self._agent_text_seen = True
                 self._iteration_text.append(answer)
-        elif name == "message" and self.app_mode == "agent" and self._agent_text_seen:
-            return []  # New Agent repeats the whole answer in one closing `message`.
+        elif name != "text_chunk" and self.app_mode == "agent" and self._agent_text_seen:
+            # New Agent repeats the whole answer in one closing `message`, which Dify relabels
+            # `message_file` once a tool made a file for the answer (docs/dify.md 4.5, 4.6).
+            return []
         if not answer or not isinstance(answer, str):
             return []
         self._text_seen = True
+        self._answer.update(answer.encode("utf-8", "surrogatepass"))
         return [(TEXT, answer)]
+
+    def _replace(self, answer: Any) -> list[Item]:
+        """message_replace / text_replace: output moderation replaced the answer. Before
+        langgenius/dify#17056 was fixed (Dify 1.0-1.2) every run of an app with output
+        moderation ends with one, carrying the unchanged answer: a replacement equal to the
+        text given out so far changes nothing, and is dropped (docs/dify.md 4.5)."""
+        text = answer if isinstance(answer, str) else str(answer or "")
+        digest = _digest(text)
+        if digest.digest() == self._answer.digest():
+            return []
+        self._answer = digest
+        return [(REPLACE, text)]
 
     def _agent_thought(self, event: dict[str, Any]) -> list[Item]:
         iteration = event.get("id") or event.get("position")
@@ -202,7 +227,8 @@ class DifyEventTranslator:
             self._iteration, self._iteration_text = iteration, []
         if self._thoughts is None:
             return []
-        return self._thoughts.feed(event, shown="".join(self._iteration_text))
+        # New Agent upserts a tool call with each delta of its arguments (docs/dify.md 4.6).
+        return self._thoughts.feed(event, shown="".join(self._iteration_text), argument_deltas=self.app_mode == "agent")
 
     def _message_file(self, event: dict[str, Any]) -> list[Item]:
         """A file made by a tool or the model, shown in the answer as Markdown."""
@@ -243,30 +269,32 @@ class DifyEventTranslator:
             self.usage = usage_from_dify({"completion_tokens": total, "total_tokens": total})
         note = ("\n\n" if self._text_seen else "") + pause_note(titles)
         self._text_seen = True
-        return [(TEXT, note)] + self._end("stop")
+        return self._thoughts_left() + [(TEXT, note)] + self._end("stop")
 
     def _workflow_finished(self, data: dict[str, Any], pre_run: bool = False) -> list[Item]:
         # Chatflow: >= 1.13.1 sends message_end before workflow_finished, <= 1.12 after it.
-        status = data.get("status")
-        if status == "failed":
+        # A run stopped in Dify (status `stopped`, docs/dify.md 7) ends like one that succeeded:
+        # its usage and outputs are taken the same way.
+        if data.get("status") == "failed":
             self.finished = True
-            reason = data.get("error") or "no reason given"
+            reason = str(data.get("error") or "no reason given")
             if pre_run:
                 # Nothing ran, and the usual causes are the request's inputs or files: the
                 # client's request was refused, as Dify before 1.13 refused it with an HTTP 400.
                 return [(ERROR, invalid_request(f"Dify could not start the workflow: {reason}",
                                                 code="workflow_not_started"))]
-            return [(ERROR, upstream_failure(f"Dify workflow failed: {reason}", 502, "workflow_failed"))]
-        if status == "stopped":
-            return self._end("stop")
+            # The reason is the failing node's error text, often the model provider's: a context
+            # too long or a rate limit is told as an `error` event would tell it (core/errors.py).
+            text = f"Dify workflow failed: {reason}"
+            return [(ERROR, failure_from_message(reason, text) or upstream_failure(text, 502, "workflow_failed"))]
         if self.app_mode != "workflow":
-            self._workflow_succeeded = True  # chatflow: message_end carries the usage
+            self._workflow_ended = True  # chatflow: message_end carries the usage
             return []
         total = _token_count(data.get("total_tokens"))
         self.usage = {"prompt_tokens": 0, "completion_tokens": total, "total_tokens": total}
         # Text the End node streamed is the answer; otherwise it is in the outputs.
         answer = "" if self._text_seen else outputs_text(data.get("outputs"))
-        return ([(TEXT, answer)] if answer else []) + self._end("stop")
+        return self._thoughts_left() + ([(TEXT, answer)] if answer else []) + self._end("stop")
 
     def _cited(self, resources: Any) -> list[Item]:
         """The knowledge-base segments the answer used (message_end.metadata.retriever_resources,
@@ -280,17 +308,22 @@ class DifyEventTranslator:
             return [(TEXT, sources_text(cited))]
         return [(CITATIONS, cited)]
 
+    def _thoughts_left(self) -> list[Item]:
+        """The agent tool calls still held (their arguments were incomplete), as the answer ends."""
+        return self._thoughts.flush() if self._thoughts is not None and not self.finished else []
+
     def _end(self, finish_reason: str) -> list[Item]:
         if self.finished:
             return []
+        items = self._thoughts_left()
         self.finished = True
-        return [(END, (finish_reason, self.usage))]
+        return items + [(END, (finish_reason, self.usage))]
 
     def feed_eof(self) -> list[Item]:
         """The body ended: fine after a terminal event, an error item otherwise."""
         if self.finished:
             return []
-        if self._workflow_succeeded:  # Dify 1.13.0 cut chatflow streams at workflow_finished.
+        if self._workflow_ended:  # Dify >= 1.13 ends chatflow streams at workflow_finished.
             return self._end("stop")
         self.finished = True
         return [(ERROR, upstream_failure("Dify closed the stream before the answer was complete", 502,
