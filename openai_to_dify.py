@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from config import ConfigError, Settings, load_env_file, load_settings
+from edge.logs import console_line, error_exit  # the standard library only
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -98,7 +99,7 @@ def _start_demo_emulator() -> subprocess.Popen:
         if "listening" in line:
             break
     else:
-        raise SystemExit("error: the bundled Dify emulator did not start")
+        raise error_exit("the bundled Dify emulator did not start")
     # Keep reading its output so a full pipe never blocks it.
     threading.Thread(target=process.stdout.read, daemon=True).start()
     os.environ["DIFY_API_BASE"] = f"http://127.0.0.1:{port}/v1"
@@ -129,8 +130,9 @@ def main() -> None:
         try:
             settings = load_settings()
         except ConfigError as exc:
-            raise SystemExit(f"error: {exc}") from None
-        print(_banner(settings, demo), flush=True)
+            raise error_exit(str(exc)) from None
+        if settings.log_level in ("DEBUG", "INFO"):  # an INFO line, in the log's format
+            print(console_line(_banner(settings, demo), settings.log_format == "json"), flush=True)
         from gunicorn.app.wsgiapp import run
 
         sys.argv = ["gunicorn", "--config", str(ROOT / "gunicorn.conf.py"), "openai_to_dify:app"]

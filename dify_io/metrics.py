@@ -24,8 +24,9 @@ REQUESTS = Counter("opendify_requests_total", "Requests answered, by route, mode
                    ("route", "model", "status"))
 DURATION = Histogram("opendify_request_duration_seconds", "Time from a request to the end of its answer "
                      "(of a stream: its last byte).", ("route", "model"), buckets=_DURATION_BUCKETS)
-FIRST_TOKEN = Histogram("opendify_time_to_first_token_seconds", "Time from a request to the first output "
-                        "Dify sent for it.", ("model",), buckets=_FIRST_TOKEN_BUCKETS)
+FIRST_TOKEN = Histogram("opendify_time_to_first_token_seconds", "Time from a request to its first output (not a "
+                        "keep-alive): written to the client (streams), or arrived from Dify (JSON answers).",
+                        ("model",), buckets=_FIRST_TOKEN_BUCKETS)
 STREAMS = Gauge("opendify_streams_active", "Streams being relayed now.", multiprocess_mode="livesum")
 UPSTREAM_ERRORS = Counter("opendify_upstream_errors_total", "Failures of Dify, by the error code the client got.",
                           ("kind",))

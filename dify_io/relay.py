@@ -25,6 +25,7 @@ from core.response.smooth import SmoothPacer
 from core.response.translate import DifyEventTranslator
 from dify_io import metrics
 from dify_io.client_watch import ClientWatch
+from dify_io.request_context import spawn
 from dify_io.run import DifyRun
 from dify_io.upstream import UpstreamStream
 
@@ -170,7 +171,7 @@ class Relay:
         self._upstream.close(finished)
         task_id = self.translator.task_id
         if not finished and task_id:
-            gevent.spawn(self._run.stop, task_id)
+            spawn(self._run.stop, task_id)
 
 
 def prefetch_all(relays: list[Relay], wait: float) -> list[list[Item]]:
@@ -223,7 +224,7 @@ class MergedBatches:
             return None if batch is None else (0, batch)
         if self._arrivals is None:
             self._arrivals = Queue()
-            self._pumps = [gevent.spawn(self._pump, index, relay) for index, relay in enumerate(self._relays)]
+            self._pumps = [spawn(self._pump, index, relay) for index, relay in enumerate(self._relays)]
             self._running = len(self._pumps)
         while self._running:
             index, batch = self._arrivals.get()

@@ -32,6 +32,7 @@ from core.errors import OpenAIError, server_error, upstream_failure, upstream_ti
 from core.response.http_body import ChunkedBody, LengthBody, MalformedBody, UntilClose
 from core.response.sse import MalformedStream, SSEDecoder
 from dify_io.connection import detach, forget_response
+from dify_io.request_context import spawn
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class UpstreamStream:
     def __init__(self, open_response: Callable[[], requests.Response], silence_limit: float) -> None:
         """`open_response` makes the Dify call; it raises OpenAIError when Dify refuses it.
         After `silence_limit` s without a byte from Dify (TIMEOUT) the stream fails."""
-        self._opener: gevent.Greenlet | None = gevent.spawn(_open, open_response)
+        self._opener: gevent.Greenlet | None = spawn(_open, open_response)
         self._silence_limit = silence_limit
         self._body: DifyBody | None = None
         self._decoder = SSEDecoder()
@@ -147,7 +148,7 @@ class UpstreamStream:
         if body.ended or not finished or not body.reusable:
             body.release()
         else:
-            gevent.spawn(body.finish, _DRAIN_SECONDS)
+            spawn(body.finish, _DRAIN_SECONDS)
 
 
 def _open(open_response: Callable[[], requests.Response]) -> requests.Response | OpenAIError:

@@ -91,9 +91,9 @@ def install(app: Flask, settings: Settings, admission: Admission) -> None:
 
     @app.before_request
     def admit() -> Response | None:
-        observe.begin(json_log)
         incoming = request.headers.get("X-Request-Id", "")
         g.request_id = incoming if _SANE_REQUEST_ID.fullmatch(incoming) else new_id("req", "_")
+        observe.begin(json_log, g.request_id)
         if request.method == "OPTIONS":
             return _preflight()
         g.client_key = presented_key(request.headers)

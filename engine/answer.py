@@ -5,39 +5,79 @@ FIRST_EVENT_WAIT for them, and none was refused: a failure before the first toke
 raised instead, so the client gets a real HTTP status. `first` holds what arrived before
 that point (`take_first()`), `next()` waits for the rest, `close()` ends every run (called by the rendering
 when it is done or the client left).
+
+The Answer also sees every item it hands to the rendering, so it knows when the first output
+(an item that is neither a keep-alive nor an error) went out, for the time to first token
+(`on_first_output`), and whether the rendering stopped at an error (the server's choice: an
+error ends the whole stream, other choices unfinished) or because the client left.
 """
 
 from __future__ import annotations
 
-from core.items import USAGE_KEYS, Item
+import time
+from collections.abc import Callable
+
+from core.items import ERROR, PING, USAGE_KEYS, Item
 from core.response.render import add_usage
 from dify_io import metrics
 from dify_io.relay import MergedBatches, Relay
 
 
 class Answer:
-    __slots__ = ("_relays", "_batches", "_first", "next", "conversation_id", "message_id")
+    __slots__ = ("_relays", "_batches", "_first", "conversation_id", "message_id", "on_first_output", "_failed")
 
     def __init__(self, relays: list[Relay], prefetched: list[list[Item]], conversation_id: str | None = None,
                  message_id: str | None = None) -> None:
         self._relays = relays
         self._batches = MergedBatches(relays)
         self._first = [(index, items) for index, items in enumerate(prefetched) if items]
-        self.next = self._batches.next  # waits for the next (choice index, items); None at the end
         self.conversation_id = conversation_id  # the Dify conversation the answer belongs to, if any
         self.message_id = message_id  # and its Dify message (of the first choice)
+        # Called once, with time.perf_counter(), when the first output is handed to the rendering.
+        self.on_first_output: Callable[[float], None] | None = None
+        self._failed = False  # an ERROR item was handed out: the rendering ends there
+
+    def dify_ids(self) -> tuple[str | None, str | None] | None:
+        """(conversation id, message id) of the first choice as Dify's first event named them,
+        which may be after the commit (FIRST_EVENT_WAIT): the Responses API's ids carry them. An
+        id Dify did not name is None; None while Dify has said nothing yet."""
+        translator = self._relays[0].translator
+        if translator.task_id is None and not translator.finished:
+            return None
+        return translator.conversation_id or self.conversation_id, translator.message_id
 
     def take_first(self) -> list[tuple[int, list[Item]]]:
         """What arrived before the answer was committed, as (choice index, items); handed out
         once, so that a held stream does not keep it."""
         first, self._first = self._first, []
+        for _, items in first:
+            self._handed_out(items)
         return first
 
+    def next(self) -> tuple[int, list[Item]] | None:
+        """Waits for the next (choice index, items); None at the end."""
+        batch = self._batches.next()
+        if batch is not None:
+            self._handed_out(batch[1])
+        return batch
+
+    def _handed_out(self, items: list[Item]) -> None:
+        for kind, _ in items:
+            if kind == ERROR:
+                self._failed = True
+            elif kind != PING and self.on_first_output is not None:
+                notify, self.on_first_output = self.on_first_output, None
+                notify(time.perf_counter())
+
     def close(self) -> None:
-        if any(relay.client_gone or not relay.done for relay in self._relays):
-            metrics.client_disconnect()  # the client left before the answer was complete
+        relays = self._relays
+        # The client left: noticed while Dify was silent, or the rendering was closed before every
+        # choice ended without an error having ended it (an error ends the whole stream by design).
+        if any(relay.client_gone for relay in relays) or not (self._failed or all(relay.done for relay in relays)):
+            metrics.client_disconnect()
+        self.on_first_output = None
         self._batches.close()  # the readers of several choices stop before their relays close
-        for relay in self._relays:
+        for relay in relays:
             relay.close()
 
     def summary(self) -> tuple[dict[str, int], list[str], str | None]:
@@ -50,4 +90,3 @@ class Answer:
             if translator.task_id:
                 task_ids.append(translator.task_id)
         return usage, task_ids, self.conversation_id
-

@@ -257,3 +257,52 @@ def test_the_compose_demo_profile_runs_the_emulator_and_points_the_gateway_at_it
     keys = default.fullmatch(gateway["environment"]["DIFY_API_KEYS"])
     assert base.group(1) == "DIFY_API_BASE" and base.group(2) == f"http://emulator:{port}/v1"
     assert keys.group(1) == "DIFY_API_KEYS" and keys.group(2) == DEMO_APP_KEYS
+
+
+DOCS = (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), COMPOSE)
+# `NAME=value [NAME=value ...] docker compose ...`: variables set in the shell for one command.
+SHELL_PREFIX = re.compile(r"((?:\b[A-Z][A-Z0-9_]*=\S*[ \t]+)+)docker compose\b")
+INTERPOLATION = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
+
+
+def compose_variables_the_docs_set() -> set[str]:
+    """The variables the README, docs/ and compose.yaml tell a user to set for Compose: in front of
+    a `docker compose` command, in the .env the compose paragraph of docs/deploy.md has them fill
+    in, and the keys the container needs to start (docs/deploy.md: "without client keys: set ...")."""
+    names = set()
+    for path in DOCS:
+        for match in SHELL_PREFIX.finditer(path.read_text()):
+            names |= set(re.findall(r"\b([A-Z][A-Z0-9_]*)=", match.group(1)))
+    deploy = re.sub(r"\s+", " ", (ROOT / "docs" / "deploy.md").read_text())
+    for sentence in (r"`compose\.yaml` runs the same image: `cp \.env\.example \.env`, fill in (.*?), then",
+                     r"without client keys: set (.*?) when"):
+        found = re.search(sentence, deploy)
+        assert found, f"docs/deploy.md no longer says {sentence!r}: update this test"
+        names |= set(re.findall(r"`([A-Z][A-Z0-9_]*)(?:=[^`]*)?`", found.group(1)))
+    return names
+
+
+def interpolate(value: str, shell: dict[str, str]) -> str:
+    """Compose's `${NAME}`, `${NAME:-default}` and `${NAME-default}` against `shell`."""
+    def one(match: re.Match[str]) -> str:
+        return shell.get(match.group(1)) or (match.group(2) or "")
+
+    return INTERPOLATION.sub(one, value)
+
+
+def test_compose_passes_every_variable_the_docs_tell_users_to_set(compose):
+    """Compose hands the container only the variables `environment:` lists (and .env's, through
+    env_file): a variable set in the shell, as in `VALID_API_KEYS=sk-demo docker compose --profile
+    demo up`, must be listed, taken from the shell."""
+    names = compose_variables_the_docs_set()
+    assert {"VALID_API_KEYS", "DIFY_API_BASE", "DIFY_API_KEYS", "ALLOW_OPEN_ACCESS"} <= names, names
+    config_names = {setting.env for setting in SETTINGS}
+    environment = compose["services"]["gateway"]["environment"]
+    for name in sorted(names):
+        assert name in config_names, f"the docs set {name}, which is not a setting"
+        assert name in environment, f"compose.yaml does not pass {name} to the gateway"
+        assert interpolate(str(environment[name]), {name: "sk-demo"}) == "sk-demo", (
+            f"compose.yaml does not take {name} from the shell: {environment[name]!r}")
+    # The documented demo command: the gateway gets the client key it needs on 0.0.0.0.
+    assert interpolate(environment["VALID_API_KEYS"], {"VALID_API_KEYS": "sk-demo"}) == "sk-demo"
+    assert interpolate(environment["VALID_API_KEYS"], {}) == ""  # unset: .env's value, or none

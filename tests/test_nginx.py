@@ -11,6 +11,7 @@ nginx must be installed (`.ci/run` installs it in CI): a missing nginx fails the
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -300,6 +301,32 @@ def test_request_ids_pass_through_nginx(cluster):
     # Without one, nginx's own id (32 hex digits) is the one the gateway answers with and logs.
     generated = requests.get(url, headers=AUTH, timeout=EVENT_WAIT)
     assert generated.status_code == 200 and re.fullmatch(r"[0-9a-f]{32}", generated.headers["X-Request-Id"])
+
+
+# Every spelling of /metrics the gateway serves: it merges slashes and ignores a trailing one,
+# after the server has undone %-escapes.
+METRICS_SPELLINGS = ("/metrics", "/metrics/", "//metrics", "/metrics//", "//metrics//", "/%6Detrics", "/metrics%2F",
+                     "/%2Fmetrics", "/metrics/?name=x")
+
+
+def raw_get(port: int, path: str) -> tuple[int, bytes]:
+    """GET `path` exactly as written (requests and urllib3 would normalise it)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=EVENT_WAIT)
+    try:
+        connection.request("GET", path, headers=AUTH)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def test_no_spelling_of_metrics_passes_nginx(cluster):
+    instance = cluster.gateways[0].port
+    for path in METRICS_SPELLINGS:
+        status, body = raw_get(instance, path)
+        assert status == 200 and b"opendify_requests_total" in body, f"the instance serves metrics at {path}"
+        status, body = raw_get(cluster.nginx.port, path)
+        assert status == 404 and b"opendify_" not in body, f"nginx passed {path} to an instance"
 
 
 def test_bodies_up_to_max_request_mb_reach_the_gateway(cluster):
