@@ -1,9 +1,12 @@
 """A Dify answer that is not an event stream (text-to-speech audio), relayed as it arrives.
 
-The client is watched while Dify is silent (dify_io/client_watch.py): when it leaves, Dify's
-socket is shut down, which ends the wait in `recv` at once, and the connection is dropped.
-When Dify fails halfway, the client's connection is cut too, so that the client sees a
-truncated body, never a complete-looking but short file.
+The first piece is read before the response is committed: when Dify sent its headers but
+fails before any audio, the client gets an HTTP error with a JSON body (502, or 504 when Dify
+went silent), not a cut connection that SDKs would retry. The client is watched while Dify is
+silent (dify_io/client_watch.py): when it leaves, Dify's socket is shut down, which ends the
+wait in `recv` at once, and the connection is dropped. When Dify fails halfway, the client's
+connection is cut too, so that the client sees a truncated body, never a complete-looking but
+short file.
 """
 
 from __future__ import annotations
@@ -11,11 +14,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import requests
+from urllib3.exceptions import ReadTimeoutError
 
+from core.errors import upstream_failure, upstream_timeout
 from dify_io import metrics
 from dify_io.client_watch import ClientWatch
 
@@ -24,7 +29,25 @@ log = logging.getLogger(__name__)
 
 def relay_body(response: requests.Response, client_socket: Any, chunk_size: int) -> Iterator[bytes]:
     """The body of `response` in pieces of at most `chunk_size` bytes; closes `response` at
-    the end, or when the iterator is closed."""
+    the end, or when the iterator is closed. Its first piece is read here: a failure before
+    any audio is raised as an OpenAIError."""
+    body = _relay(response, client_socket, chunk_size)
+    try:
+        first = next(body)
+    except StopIteration:
+        return iter(())  # an empty body, or the client left
+    return _after(first, body)
+
+
+def _after(first: bytes, body: Generator[bytes, None, None]) -> Iterator[bytes]:
+    try:
+        yield first
+        yield from body
+    finally:
+        body.close()
+
+
+def _relay(response: requests.Response, client_socket: Any, chunk_size: int) -> Generator[bytes, None, None]:
     dify_socket = response.raw.connection.sock if response.raw.connection else None
     left = False
 
@@ -36,12 +59,18 @@ def relay_body(response: requests.Response, client_socket: Any, chunk_size: int)
 
     watch = ClientWatch(client_socket, client_readable) if client_socket is not None else None
     complete = False
+    started = False  # a piece went out: the response is committed
     try:
-        yield from response.iter_content(chunk_size)
+        for piece in response.iter_content(chunk_size):
+            started = True
+            yield piece
         complete = not left
     except (requests.RequestException, OSError) as exc:
         if not left:
             log.warning("Dify's answer broke off before its end: %s", exc)
+            if not started:
+                complete = True  # not the client's doing
+                raise _failure(exc) from None
             if client_socket is None:
                 raise
             _shut(client_socket)  # the server's next write fails quietly and the connection ends
@@ -52,6 +81,15 @@ def relay_body(response: requests.Response, client_socket: Any, chunk_size: int)
         if watch is not None:
             watch.close()
         response.close()
+
+
+def _failure(exc: BaseException) -> Exception:
+    """The error for a speech that failed before its first byte (requests wraps urllib3's
+    read timeout in a ConnectionError)."""
+    if any(isinstance(error, ReadTimeoutError | TimeoutError) for error in (exc, *exc.args, exc.__context__)):
+        return upstream_timeout("POST /text-to-audio sent no audio")
+    return upstream_failure("Dify's speech (POST /text-to-audio) broke off before any audio", 502,
+                            "upstream_disconnected")
 
 
 def _shut(sock: Any) -> None:

@@ -1,15 +1,17 @@
 """POST /v1/audio/transcriptions and /v1/audio/speech: Dify's speech to text and text to speech.
 
 Parse the request (core/request/audio_request.py), call Dify (engine/audio.py), and answer in
-the shape the OpenAI client asked for: the transcript as JSON, plain text or verbose JSON; the
-speech relayed as it arrives, with Dify's content type.
+the shape the OpenAI client asked for: the transcript as JSON, plain text or verbose JSON, or
+with `stream: true` as SSE events (Dify gives the text whole: one delta, then done); the speech
+relayed as it arrives, with Dify's content type.
 """
 
 from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
-from core.request.audio_request import parse_speech_request, parse_transcription_request
+from core.request.audio_request import parse_speech_request, parse_transcription_request, transcription_events
+from edge.event_stream import SSE_CONTENT_TYPE, STREAM_HEADERS
 from edge.hooks import read_json
 from edge.wiring import current_caller, current_gateway, resolve_app
 from engine.audio import speak, transcribe
@@ -23,6 +25,8 @@ def transcriptions() -> Response:
     parsed = parse_transcription_request(request.form.to_dict(), upload.filename if upload else None,
                                          upload.mimetype if upload else None, upload.read() if upload else None)
     text = transcribe(current_gateway(), resolve_app(parsed.model), parsed, current_caller(request.form.get("user")))
+    if parsed.stream:  # after Dify answered: a failure is still a real HTTP status
+        return Response(transcription_events(text), headers=STREAM_HEADERS, content_type=SSE_CONTENT_TYPE)
     if parsed.response_format == "text":
         return Response(text, mimetype="text/plain")
     if parsed.response_format == "verbose_json":

@@ -14,7 +14,6 @@ from flask import Blueprint, Response
 from core.errors import OpenAIError
 from core.request.responses_request import parse_responses_request
 from core.response.responses_render import ResponseHead, ResponsesShape
-from core.response_ids import response_id
 from edge.hooks import read_json
 from edge.ids import new_id, now
 from edge.respond import respond
@@ -30,10 +29,13 @@ def create_response() -> Response:
     request = parse_responses_request(read_json(), gateway.limits)
     conversation_id, message_id = request.continues or (None, None)
     caller = current_caller(request.chat.user, conversation_id, message_id)
-    answer = start_chat(gateway, resolve_app(request.chat.model), request.chat, caller)
-    head = ResponseHead(response_id(answer.conversation_id, answer.message_id, new_id("resp", "_")), now(),
-                        request.chat.model, request.echoed)
-    return respond(answer, ResponsesShape(head), request.chat.stream)
+    app = resolve_app(request.chat.model)
+    answer = start_chat(gateway, app, request.chat, caller)
+    # The id is taken from Dify's ids when they are known: a body's once collected, a stream's
+    # before it opens (core/response/responses_render.py).
+    head = ResponseHead(answer.dify_ids, new_id("resp", "_"), now(), request.chat.model, request.echoed,
+                        hold=app.has_conversations)
+    return respond(answer, ResponsesShape(head, request.namespaced), request.chat.stream)
 
 
 @bp.get("/responses/<path:response_id>")

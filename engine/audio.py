@@ -28,7 +28,8 @@ def transcribe(gateway: Gateway, app: DifyApp, request: TranscriptionRequest, ca
 
 
 def speak(gateway: Gateway, app: DifyApp, request: SpeechRequest, caller: Caller) -> tuple[Iterator[bytes], str]:
-    """Dify's speech as it arrives (dify_io/body_relay.py), and its content type."""
+    """Dify's speech as it arrives (dify_io/body_relay.py), and its content type; a failure
+    before the first byte of audio is raised (an OpenAIError), not relayed."""
     _require(app, request.model, "text_to_speech", "text to speech")
     response = gateway.dify.speak(app.key, caller.dify_user, request.text, request.voice)
     content_type = response.headers.get("Content-Type") or "audio/mpeg"

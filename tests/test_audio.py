@@ -12,6 +12,7 @@ import requests
 
 from core.request.audio_request import dify_audio_mime
 from dify_emulator.audio import spoken_words
+from tests import raw_dify as raw_dify_module
 from tests.conftest import CLIENT_KEY
 from tests.scenarios import directive, wait_for
 
@@ -74,6 +75,22 @@ def test_transcription_formats(gateway, client):
     refused = transcribe(gateway, response_format="srt")
     assert refused.status_code == 400
     assert refused.json()["error"]["param"] == "response_format"
+
+
+def test_a_streamed_transcription_is_the_sse_events_the_sdk_reads(client, gateway):
+    """Dify gives the transcript whole: one transcript.text.delta, transcript.text.done, [DONE]."""
+    audio = io.BytesIO(WORDS.encode())
+    audio.name = "question.wav"
+    events = list(client.audio.transcriptions.create(model="demo-chat", file=audio, stream=True))
+    assert [(event.type, getattr(event, "delta", None), getattr(event, "text", None)) for event in events] == [
+        ("transcript.text.delta", WORDS, None), ("transcript.text.done", None, WORDS)]
+    reply = transcribe(gateway, stream="true")
+    assert reply.headers["Content-Type"].startswith("text/event-stream")
+    assert reply.text == (f'data: {{"type":"transcript.text.delta","delta":"{WORDS}"}}\n\n'
+                          f'data: {{"type":"transcript.text.done","text":"{WORDS}"}}\n\ndata: [DONE]\n\n')
+    refused = transcribe(gateway, stream="maybe")
+    assert refused.status_code == 400
+    assert (refused.json()["error"]["param"], refused.json()["error"]["code"]) == ("stream", "invalid_value")
 
 
 def test_the_dify_user_is_the_one_chats_use(gateway, recorded):
@@ -162,6 +179,8 @@ def test_speech_is_relayed_as_dify_produces_it_and_ends_when_the_client_leaves(g
 @pytest.mark.parametrize(("body", "status", "code", "param"), [
     ({"model": "demo-chat", "input": "Hi", "voice": "alloy", "response_format": "wav"}, 400, "unsupported_value",
      "response_format"),
+    ({"model": "demo-chat", "input": "Hi", "voice": "alloy", "stream_format": "sse"}, 400, "unsupported_value",
+     "stream_format"),
     ({"model": "demo-agent", "input": "Hi", "voice": "alloy"}, 400, "text_to_speech_disabled", "model"),
     ({"model": "demo-chat", "input": "", "voice": "alloy"}, 400, "missing_required_parameter", "input"),
     ({"model": "demo-chat", "input": "Hi", "voice": 3}, 400, "invalid_type", "voice"),
@@ -195,3 +214,30 @@ def test_speech_that_dify_breaks_off_reaches_the_client_truncated_never_complete
             for chunk in reply.iter_content(None):
                 received += chunk
     assert spoken_words(received) == ["echo:one", "echo:two"]
+
+
+@pytest.fixture(scope="module")
+def raw_speech(raw_dify, start_gateway):
+    """A gateway in front of the raw fake Dify, whose app has text to speech on."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(raw_dify_module.PARAMETERS, "text_to_speech", {"enabled": True})
+        gateway = start_gateway(DIFY_API_BASE=raw_dify.base_url, DIFY_API_KEYS="app-raw")
+        yield openai.OpenAI(base_url=gateway.base_url, api_key=CLIENT_KEY, max_retries=0, timeout=30)
+
+
+@pytest.mark.parametrize("framing", ["chunked", "length"])
+def test_speech_that_fails_before_its_first_byte_is_an_error_body(raw_dify, raw_speech, framing):
+    """Dify sent 200 and its headers, then its connection broke before any audio: the client gets
+    a 502 with a JSON error, not a cut connection (which SDKs retry)."""
+    length = "Transfer-Encoding: chunked" if framing == "chunked" else "Content-Length: 4096"
+    raw_dify.answer = f"HTTP/1.1 200 OK\r\nContent-Type: audio/mpeg\r\n{length}\r\n\r\n".encode()
+    raw_dify.close_after = True
+    try:
+        with pytest.raises(openai.APIStatusError) as caught:
+            raw_speech.audio.speech.create(model="raw-chat", voice="alloy", input="Hello")
+    finally:
+        raw_dify.close_after = False
+    assert caught.value.status_code == 502
+    assert caught.value.response.headers["Content-Type"] == "application/json"
+    assert caught.value.code == "upstream_disconnected"
+    assert "before any audio" in caught.value.message

@@ -11,9 +11,13 @@ import openai
 import pytest
 import requests
 
+from core.items import END, PING, REASONING, REPLACE, TEXT, TOOL_CALL
 from core.request.chat_request import RequestLimits
 from core.request.responses_request import parse_responses_request
 from core.request.tools import tool_instructions
+from core.response.render import KEEPALIVE
+from core.response.responses_render import ResponseHead, ResponseOutput, ResponsesShape
+from core.response.tool_parser import ToolCall
 from tests.conftest import CLIENT_KEY
 from tests.gateway_process import ROOT
 from tests.scenarios import chat_requests, directive
@@ -34,8 +38,12 @@ def sdk(gateway) -> openai.OpenAI:
 
 def sse_events(response: requests.Response) -> list[dict]:
     """The events of a Responses stream, checking the framing: `event:` names its data's type."""
+    return parse_events(response.iter_lines(decode_unicode=True))
+
+
+def parse_events(lines) -> list[dict]:
     events, name = [], None
-    for line in response.iter_lines(decode_unicode=True):
+    for line in lines:
         if line.startswith("event: "):
             name = line[7:]
         elif line.startswith("data: "):
@@ -278,3 +286,210 @@ def test_codex_cli_runs_a_shell_command_through_the_gateway(gateway, recorded, t
     assert "web_search" not in calls[0]["json"]["query"]  # Codex offers it unasked; Dify cannot run it
     second = calls[1]["json"]["query"]
     assert '<tool_result name="exec_command"' in second and "opendify-codex-check" in second.split("<tool_result")[1]
+
+
+# -- review findings: moderation, namespaces, malformed input, ids, files in tool output ----------
+
+
+def test_a_moderated_answer_holds_only_the_replacement(sdk, gateway):
+    """Dify's output moderation (message_replace) replaces the answer: the Response object holds
+    the replacement alone; a stream, which cannot take back what it sent, ends with it too."""
+    scenario = directive(answer="secret bad words", message_replace="[moderated]")
+    response = sdk.responses.create(model="demo-chat", input=f"Tell me {scenario}")
+    assert response.output_text == "[moderated]"
+    assert response.status == "incomplete" and response.incomplete_details.reason == "content_filter"
+    events = sse_events(requests.post(gateway.base_url + "/responses", headers=HEADERS, timeout=30, stream=True,
+                                      json={"model": "demo-chat", "stream": True, "input": f"Tell me {scenario}"}))
+    [done] = [event for event in events if event["type"] == "response.output_text.done"]
+    assert done["text"] == "[moderated]"
+    completed = events[-1]["response"]
+    assert [item["content"][0]["text"] for item in completed["output"]] == ["[moderated]"]
+    assert completed["status"] == "incomplete"
+
+
+SEARCH_CALL = '<tool_call>{"name": "crm.search", "arguments": {"query": "ACME"}}</tool_call>'
+
+
+def namespace(name: str, *functions: str) -> dict:
+    return {"type": "namespace", "name": name, "description": f"The {name} tools.", "tools": [
+        {"type": "function", "name": function, "description": f"{function} in {name}.",
+         "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}} for function in functions]}
+
+
+def test_namespaced_tools_keep_their_namespace(sdk, recorded):
+    """Two namespaces with a `search` each: the model is offered crm.search and docs.search; a
+    call comes back as name `search` and namespace `crm`, and goes back to the model so."""
+    tools = [namespace("crm", "search", "lookup"), namespace("docs", "search"), WEATHER]
+    first = sdk.responses.create(model="demo-chat", tools=tools, input=f"Find ACME {directive(answer=SEARCH_CALL)}")
+    [call] = first.output
+    assert (call.type, call.name, call.namespace, call.arguments) == ("function_call", "search", "crm",
+                                                                       '{"query":"ACME"}')
+    offered = only_query(recorded)
+    assert "- crm.search(query?: string): search in crm." in offered
+    assert "- docs.search(query?: string): search in docs." in offered
+    assert "- lookup(query?: string): lookup in crm." in offered  # no other lookup: its own name
+    assert "- get_weather(city: string)" in offered
+
+    recorded.reset()
+    second = sdk.responses.create(model="demo-chat", tools=tools, input=[
+        {"role": "user", "content": "Find ACME"},
+        {"type": "function_call", "call_id": call.call_id, "name": "search", "namespace": "crm",
+         "arguments": call.arguments},
+        {"type": "function_call_output", "call_id": call.call_id, "output": "ACME Corp, Berlin"}])
+    assert second.status == "completed"
+    assert '{"name": "crm.search", "arguments": {"query": "ACME"}}' in only_query(recorded)
+    assert f'<tool_result name="crm.search" id="{call.call_id}">\nACME Corp, Berlin\n</tool_result>' in \
+        only_query(recorded)
+
+
+def test_a_namespaced_tool_with_its_own_name_is_written_back_with_its_namespace(gateway):
+    body = {"model": "demo-chat", "stream": True, "tools": [namespace("crm", "lookup")],
+            "input": "Look up " + directive(answer='<tool_call>{"name": "lookup", "arguments": {}}</tool_call>')}
+    events = sse_events(requests.post(gateway.base_url + "/responses", headers=HEADERS, json=body, stream=True,
+                                      timeout=30))
+    [done] = [event["item"] for event in events if event["type"] == "response.output_item.done"]
+    assert (done["type"], done["name"], done["namespace"]) == ("function_call", "lookup", "crm")
+    assert events[-1]["response"]["output"] == [done]
+
+
+@pytest.mark.parametrize(("fields", "param", "code"), [
+    ({"tool_choice": {"type": "allowed_tools", "mode": "auto", "tools": [{"name": ["a"]}]}},
+     "tool_choice.tools[0].name", "invalid_type"),
+    ({"tool_choice": {"type": "allowed_tools", "mode": "auto", "tools": 5}}, "tool_choice.tools", "invalid_type"),
+    ({"tool_choice": {"type": "allowed_tools", "mode": "none", "tools": []}}, "tool_choice.mode", "invalid_value"),
+    ({"tools": [{"type": "namespace", "name": "crm", "tools": 5}]}, "tools[0].tools", "invalid_type"),
+    ({"tools": [{"type": "namespace", "tools": 5}]}, "tools[0].tools", "invalid_type"),
+    ({"tools": [{"type": "namespace", "name": "c.r", "tools": []}]}, "tools[0].name", "invalid_value"),
+    ({"tools": [namespace("crm", "search", "search")]}, "tools", "invalid_value"),
+    ({"previous_response_id": 5}, "previous_response_id", "invalid_type"),
+    ({"conversation": "conv_123"}, "conversation", "unsupported_parameter"),
+    ({"conversation": {"id": "conv_123"}}, "conversation", "unsupported_parameter"),
+    ({"input": [{"role": "user", "content": "Hi"},
+                {"type": "function_call", "call_id": "c1", "name": "search", "namespace": 3, "arguments": "{}"}]},
+     "input[1].namespace", "invalid_type"),
+])
+def test_malformed_and_unsupported_fields_are_400s_naming_the_parameter(gateway, recorded, fields, param, code):
+    response = requests.post(gateway.base_url + "/responses", headers=HEADERS, timeout=30,
+                             json={"model": "demo-chat", "input": "Hi", **fields})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["type"], error["param"], error["code"]) == ("invalid_request_error", param, code)
+    assert chat_requests(recorded) == []
+
+
+def test_images_in_a_function_call_output_are_refused_not_dropped(gateway, recorded):
+    pixel = "data:image/png;base64,iVBORw0KGgo="
+    output = [{"type": "input_text", "text": "The screenshot:"}, {"type": "input_image", "image_url": pixel}]
+    body = {"model": "demo-chat", "input": [
+        {"role": "user", "content": "Show me"},
+        {"type": "function_call", "call_id": "call_1", "name": "view_image", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "call_1", "output": output}]}
+    response = requests.post(gateway.base_url + "/responses", headers=HEADERS, timeout=30, json=body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["param"], error["code"]) == ("input[2].output[1]", "unsupported_value")
+    assert "input_image" in error["message"]
+    assert chat_requests(recorded) == []
+    # Text parts alone are the tool's result.
+    body["input"][2]["output"] = output[:1] + [{"type": "input_text", "text": "a login form"}]
+    assert requests.post(gateway.base_url + "/responses", headers=HEADERS, timeout=30, json=body).status_code == 200
+    assert '<tool_result name="view_image" id="call_1">\nThe screenshot:\na login form\n</tool_result>' in \
+        only_query(recorded)
+
+
+@pytest.fixture(scope="module")
+def late_gateway(start_gateway):
+    """A gateway that commits before Dify's first event: FIRST_EVENT_WAIT=0 reads nothing first."""
+    return start_gateway(FIRST_EVENT_WAIT="0")
+
+
+def test_response_ids_carry_the_conversation_when_dify_answers_after_the_commit(late_gateway, recorded):
+    client = openai.OpenAI(base_url=late_gateway.base_url, api_key=CLIENT_KEY, max_retries=0, timeout=30)
+    first = client.responses.create(model="demo-chat", input="first turn")
+    assert len(first.id) == len("resp_") + 64  # conversation and message, not a random id
+    with requests.post(late_gateway.base_url + "/responses", headers=HEADERS, timeout=30, stream=True, json={
+            "model": "demo-chat", "stream": True, "input": "second turn", "previous_response_id": first.id}) as reply:
+        body = reply.text
+    assert body.startswith(": ping\n\n")  # response.created waited for Dify's ids
+    events = parse_events(body.splitlines())
+    created, completed = events[0], events[-1]
+    assert created["type"] == "response.created" and completed["type"] == "response.completed"
+    assert created["response"]["id"] == completed["response"]["id"] != first.id
+    assert len(created["response"]["id"]) == len("resp_") + 64
+    third = client.responses.create(model="demo-chat", input="third turn",
+                                    previous_response_id=completed["response"]["id"])
+    assert third.output_text == "You said: third turn"
+    conversation = {call["json"]["conversation_id"] for call in chat_requests(recorded)[1:]}
+    assert len(conversation) == 1 and first.id[5:37] == conversation.pop().replace("-", "")
+
+
+def test_codex_calls_a_function_of_a_namespace(gateway, recorded, tmp_path):
+    """Codex offers its sub-agent functions in the namespace multi_agent_v1: a call of one goes
+    back to Codex with its namespace, and Codex answers it."""
+    (tmp_path / "config.toml").write_text(
+        'model = "demo-chat"\nmodel_provider = "opendify"\n\n[model_providers.opendify]\nname = "OpenDify"\n'
+        f'base_url = "{gateway.base_url}"\nenv_key = "OPENDIFY_KEY"\nwire_api = "responses"\n')
+    close = '<tool_call>{"name": "close_agent", "arguments": {"target": "no-such-agent"}}</tool_call>'
+    prompt = "Close the agent no-such-agent. " + directive(answer=close, after_tool_result="Closed.")
+    result = subprocess.run([str(CODEX), "exec", "--skip-git-repo-check", prompt], cwd=tmp_path, timeout=240,
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                            env={**os.environ, "CODEX_HOME": str(tmp_path), "OPENDIFY_KEY": CLIENT_KEY})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "Closed."
+    first, second = (call["json"]["query"] for call in chat_requests(recorded))
+    assert "- close_agent(target: string)" in first
+    assert '<tool_result name="close_agent"' in second
+
+
+# -- pure: the output items and the stream's opening -----------------------------------------------
+
+CONVERSATION, MESSAGE = "3c1e0b6a-5a1f-4b7e-9a43-0f6f0c2d9a11", "f2b8f2d6-1c0e-4c5e-8a9f-2f6b1d7e3c44"
+CARRIED_ID = "resp_3c1e0b6a5a1f4b7e9a430f6f0c2d9a11f2b8f2d61c0e4c5e8a9f2f6b1d7e3c44"
+FALLBACK_ID = "resp_" + "0123456789abcdef" * 2
+
+
+def test_a_replacement_is_the_whole_final_text_of_the_messages():
+    output = ResponseOutput("ab" * 12, {"crm.search": ("crm", "search")})
+    for kind, value in [(TEXT, "secret "), (TOOL_CALL, ToolCall("call_1", "crm.search", "{}")), (TEXT, "bad "),
+                        (REASONING, "hmm"), (TEXT, "words"), (REPLACE, "[moderated]"), (END, ("stop", None))]:
+        output.feed(kind, value)
+    texts = [item["content"][0]["text"] if item["type"] != "function_call" else item["name"] for item in output.items]
+    assert texts == ["", "search", "", "hmm", "[moderated]"]
+    assert output.items[1]["namespace"] == "crm" and output.incomplete_reason == "content_filter"
+
+
+def opened(out: bytes) -> list[dict]:
+    return [json.loads(line[6:]) for line in out.decode().splitlines() if line.startswith("data: ")]
+
+
+def test_a_stream_opens_once_dify_named_the_conversation():
+    said: list[tuple[str, str]] = []
+    head = ResponseHead(lambda: said[0] if said else None, FALLBACK_ID, 0, "m", {}, hold=True)
+    [encoder] = ResponsesShape(head).encoders()
+    assert encoder.opening() == b""  # nothing from Dify yet: the stream writes keep-alives
+    assert encoder.render([(PING, None)]) == KEEPALIVE
+    said.append((CONVERSATION, MESSAGE))
+    events = opened(encoder.render([(PING, None)]))
+    assert [event["type"] for event in events] == ["response.created", "response.in_progress"]
+    assert events[0]["response"]["id"] == CARRIED_ID and events[0]["sequence_number"] == 0
+    assert opened(encoder.render([(TEXT, "Hi")]))[0]["type"] == "response.output_item.added"
+
+
+@pytest.mark.parametrize("hold", [True, False])
+def test_output_without_dify_ids_opens_the_stream_with_a_random_id(hold):
+    head = ResponseHead(lambda: None, FALLBACK_ID, 0, "m", {}, hold=hold)
+    [encoder] = ResponsesShape(head).encoders()
+    events = opened(encoder.opening() + encoder.render([(TEXT, "Hi")]))
+    assert [event["type"] for event in events[:3]] == ["response.created", "response.in_progress",
+                                                       "response.output_item.added"]
+    assert events[0]["response"]["id"] == FALLBACK_ID
+
+
+def test_a_json_body_takes_its_id_once_the_answer_is_collected():
+    said: list[tuple[str, str]] = []
+    shape = ResponsesShape(ResponseHead(lambda: said[0] if said else None, FALLBACK_ID, 0, "m", {}, hold=True))
+    [collector] = shape.collectors()
+    collector.add(TEXT, "Hi")
+    said.append((CONVERSATION, MESSAGE))
+    collector.add(END, ("stop", None))
+    assert shape.body([collector], {})["id"] == CARRIED_ID

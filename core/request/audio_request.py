@@ -3,7 +3,10 @@
 
 Dify's own limits are checked here, so the client learns them before Dify is called
 (docs/dify.md 16): the audio types Dify transcribes, and at most 30 MB. Dify speaks
-only MP3 (`audio/mpeg`), so a speech request for any other format is refused.
+only MP3 (`audio/mpeg`), so a speech request for any other format is refused, and so is
+`stream_format: "sse"` (speech comes as the audio itself). Dify gives a transcript whole, so
+`stream: true` on a transcription gets it as one `transcript.text.delta` event, the
+`transcript.text.done` event and `[DONE]` (`transcription_events`).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any
 
 from core.errors import OpenAIError, invalid_request
 from core.request.files import Upload
+from core.tolerant_json import compact
 
 # Dify takes these audio types for speech to text (by MIME type: audio/<name>).
 DIFY_AUDIO_TYPES = ("mp3", "mp4", "mpeg", "mpga", "m4a", "wav", "webm", "amr")
@@ -23,6 +27,9 @@ _MIME_ALIASES = {"audio/x-wav": "audio/wav", "audio/wave": "audio/wav", "audio/v
                  "video/webm": "audio/webm", "audio/x-mpeg": "audio/mpeg", "audio/mpeg3": "audio/mpeg"}
 TRANSCRIPTION_FORMATS = ("json", "text", "verbose_json")
 SPEECH_FORMATS = ("mp3",)
+SPEECH_STREAM_FORMATS = ("audio",)
+# A multipart form's booleans, as the OpenAI SDKs and curl users write them.
+_FORM_BOOLEANS = {"true": True, "1": True, "false": False, "0": False, "": False}
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,7 @@ class TranscriptionRequest:
     audio: Upload
     response_format: str
     language: str | None  # accepted: Dify's speech-to-text model chooses itself
+    stream: bool = False  # the transcript as SSE events (`transcription_events`)
 
 
 @dataclass(frozen=True)
@@ -62,8 +70,20 @@ def parse_transcription_request(form: dict[str, str], filename: str | None, mime
     if audio_mime is None:
         raise invalid_request(f"Unsupported audio file {name!r} ({mime_type or 'no type'}): Dify transcribes "
                               f"{', '.join(DIFY_AUDIO_TYPES)}.", param="file", code="unsupported_audio_type")
+    stream = _FORM_BOOLEANS.get((form.get("stream") or "").strip().lower())
+    if stream is None:
+        raise invalid_request("'stream' must be true or false.", param="stream", code="invalid_value")
     return TranscriptionRequest(model, Upload(name, audio_mime, data), response_format,
-                                (form.get("language") or "").strip() or None)
+                                (form.get("language") or "").strip() or None, stream)
+
+
+def transcription_events(text: str) -> bytes:
+    """The SSE body of a streamed transcription: Dify gives the text whole, so one delta
+    with all of it, the done event, then `data: [DONE]` as every OpenDify stream but the
+    Responses API's ends (the OpenAI SDKs stop at it)."""
+    events = ({"type": "transcript.text.delta", "delta": text}, {"type": "transcript.text.done", "text": text})
+    return b"".join(b"data: " + compact(event).encode("utf-8", "replace") + b"\n\n" for event in events) + \
+        b"data: [DONE]\n\n"
 
 
 def dify_audio_mime(filename: str, mime_type: str | None) -> str | None:
@@ -94,5 +114,10 @@ def parse_speech_request(body: Any) -> SpeechRequest:
     if response_format not in SPEECH_FORMATS:
         raise invalid_request(f"'response_format' {response_format!r} is not available: Dify speaks MP3 only.",
                               param="response_format", code="unsupported_value")
+    stream_format = body.get("stream_format") or "audio"
+    if stream_format not in SPEECH_STREAM_FORMATS:
+        raise invalid_request(f"'stream_format' {stream_format!r} is not available: Dify's speech is relayed as the "
+                              "audio itself (stream_format 'audio'), not as SSE events.", param="stream_format",
+                              code="unsupported_value")
     user = body.get("user") if isinstance(body.get("user"), str) else None
     return SpeechRequest(model.strip(), text, voice or None, user)

@@ -5,17 +5,25 @@ The Responses API says in items what chat completions say in messages: `instruct
 system prompt, a `message` item is a message (its `input_text`, `output_text`,
 `input_image` and `input_file` parts become text, image and file parts), a `function_call`
 item is an assistant turn's tool call, a `function_call_output` item is a tool result, and
-`reasoning` items are dropped (Dify keeps no reasoning between turns). Function tools, also
-inside `namespace` groups (Codex sends its tools so), are offered as chat tools are; hosted
-tools that only OpenAI runs (web search, file search, computer use, ...) are left out of what
-the app is told, since clients send them unasked. `text.format` asks for JSON as chat's
-`response_format` does. A `previous_response_id` continues the Dify conversation its id
-carries (core/response_ids.py).
+`reasoning` items are dropped (Dify keeps no reasoning between turns). A function call's
+output is text: its `input_text` parts are kept, and an image or file part is refused (Dify
+takes files only with user messages), never dropped. Function tools are offered as chat tools
+are; those inside a `namespace` group (Codex sends some of its tools so) keep their name, unless
+another tool has the same name: then they are offered as `<namespace>.<name>`, so the model can
+tell them apart. Either way a call of one comes back as the bare `name` and its `namespace`
+(`ResponsesRequest.namespaced`), and a `function_call` item with a `namespace` in the history
+is shown to the model under the name it was offered. Hosted tools that only OpenAI runs (web
+search, file search, computer use, ...) are left out of what the app is told, since clients
+send them unasked. `text.format` asks for JSON as chat's `response_format` does. A
+`previous_response_id` continues the Dify conversation its id carries (core/response_ids.py);
+OpenAI's stored items and conversations (`item_reference`, `conversation`) are refused.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from core.errors import OpenAIError, invalid_request
@@ -34,6 +42,10 @@ ECHOED = {"instructions": None, "max_output_tokens": None, "metadata": {}, "para
           "previous_response_id": None, "reasoning": {"effort": None, "summary": None}, "store": False,
           "temperature": 1.0, "text": {"format": {"type": "text"}}, "tool_choice": "auto", "tools": [],
           "top_p": 1.0, "truncation": "disabled", "user": None}
+# A namespace's name: as a function's, so that `<namespace>.<name>` is unambiguous.
+_NAMESPACE_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+# tool_choice {"type": "allowed_tools"}: the modes OpenAI takes.
+_ALLOWED_MODES = ("auto", "required")
 
 
 @dataclass(frozen=True)
@@ -41,6 +53,9 @@ class ResponsesRequest:
     chat: ChatRequest  # the conversation, as chat completions would carry it
     continues: tuple[str, str] | None  # (Dify conversation id, message id) of previous_response_id
     echoed: dict[str, Any] = field(default_factory=dict)  # the request fields the Response object repeats
+    # The offered name of each function of a namespace -> (namespace, its own name), to write
+    # back a call of it as OpenAI does.
+    namespaced: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 def parse_responses_request(body: Any, limits: RequestLimits) -> ResponsesRequest:
@@ -49,7 +64,13 @@ def parse_responses_request(body: Any, limits: RequestLimits) -> ResponsesReques
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise invalid_request("You must provide a model parameter.", param="model", code="missing_required_parameter")
-    messages = _instructions(body.get("instructions")) + _input_messages(body.get("input"))
+    if body.get("conversation") is not None:
+        raise invalid_request("'conversation' names a conversation stored by OpenAI's Conversations API, but "
+                              "OpenDify stores none: continue with previous_response_id, or send the whole history "
+                              "in 'input'.", param="conversation", code="unsupported_parameter")
+    tools, namespaced = _tools(body)
+    offered = {pair: name for name, pair in namespaced.items()}  # (namespace, name) -> the offered name
+    messages = _instructions(body.get("instructions")) + _input_messages(body.get("input"), offered)
     if not any(message["role"] == "user" or message["role"] == "tool" for message in messages):
         raise invalid_request("'input' must contain a user message or a function call output.", param="input",
                               code="invalid_value")
@@ -63,12 +84,12 @@ def parse_responses_request(body: Any, limits: RequestLimits) -> ResponsesReques
         include_usage=False,
         user=user.strip() or None if user else None,
         inputs=inputs,
-        tools=_tools(body),
+        tools=tools,
         response_format=_text_format(body.get("text")),
     )
     check_size(messages, limits.max_messages, limits.max_prompt_chars)
     echoed = {name: default if body.get(name) is None else body[name] for name, default in ECHOED.items()}
-    return ResponsesRequest(chat, continues, echoed)
+    return ResponsesRequest(chat, continues, echoed, namespaced)
 
 
 def _optional(body: dict[str, Any], name: str, kind: type, label: str) -> Any:
@@ -86,7 +107,7 @@ def _instructions(instructions: Any) -> list[dict[str, Any]]:
     return [{"role": "system", "content": instructions}] if instructions.strip() else []
 
 
-def _input_messages(value: Any) -> list[dict[str, Any]]:
+def _input_messages(value: Any, offered: dict[tuple[str, str], str]) -> list[dict[str, Any]]:
     if isinstance(value, str):
         if not value.strip():
             raise invalid_request("'input' must not be empty.", param="input", code="invalid_value")
@@ -103,9 +124,9 @@ def _input_messages(value: Any) -> list[dict[str, Any]]:
         if kind == "message":
             messages.append(_message(item, where))
         elif kind == "function_call":
-            _add_call(messages, item, where)
+            _add_call(messages, item, where, offered)
         elif kind == "function_call_output":
-            messages.append(_call_output(item, where))
+            messages.append(_call_output(item, where, offered))
         elif kind == "reasoning":
             continue  # Dify keeps no reasoning between turns
         elif kind == "item_reference":
@@ -160,7 +181,8 @@ def _stored_file(where: str, kind: str, what: str) -> OpenAIError:
                            "(file_id and file_url are not supported).", param=where, code="unsupported_parameter")
 
 
-def _add_call(messages: list[dict[str, Any]], item: dict[str, Any], where: str) -> None:
+def _add_call(messages: list[dict[str, Any]], item: dict[str, Any], where: str,
+              offered: dict[tuple[str, str], str]) -> None:
     """A function_call item: a tool call of the assistant turn it belongs to (calls made in
     parallel arrive as consecutive items and share one turn)."""
     call_id, name = item.get("call_id"), item.get("name")
@@ -168,7 +190,8 @@ def _add_call(messages: list[dict[str, Any]], item: dict[str, Any], where: str) 
         raise invalid_request(f"'{where}' needs a call_id and a name.", param=where, code="missing_required_parameter")
     arguments = item.get("arguments")
     call = {"id": call_id, "type": "function",
-            "function": {"name": name, "arguments": arguments if isinstance(arguments, str) else ""}}
+            "function": {"name": _offered_name(item, name, where, offered),
+                         "arguments": arguments if isinstance(arguments, str) else ""}}
     last = messages[-1] if messages else None
     if last is not None and last["role"] == "assistant" and "tool_calls" in last:
         last["tool_calls"].append(call)
@@ -176,51 +199,152 @@ def _add_call(messages: list[dict[str, Any]], item: dict[str, Any], where: str) 
         messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
 
 
-def _call_output(item: dict[str, Any], where: str) -> dict[str, Any]:
+def _offered_name(item: dict[str, Any], name: str, where: str, offered: dict[tuple[str, str], str]) -> str:
+    """The name the model knows a function of the history by: a function of a namespace may
+    be offered as `<namespace>.<name>`."""
+    namespace = item.get("namespace")
+    if namespace is None:
+        return name
+    if not isinstance(namespace, str):
+        raise invalid_request(f"'{where}.namespace' must be a string.", param=f"{where}.namespace",
+                              code="invalid_type")
+    return offered.get((namespace, name), name)
+
+
+def _call_output(item: dict[str, Any], where: str, offered: dict[tuple[str, str], str]) -> dict[str, Any]:
     call_id = item.get("call_id")
     if not isinstance(call_id, str) or not call_id:
         raise invalid_request(f"'{where}.call_id' is required.", param=f"{where}.call_id",
                               code="missing_required_parameter")
-    output = item.get("output")
-    text = output if isinstance(output, str) else content_text(
-        [_part(part, f"{where}.output[{index}]") for index, part in enumerate(output)] if isinstance(output, list)
-        else output)
-    return {"role": "tool", "tool_call_id": call_id, "content": text}
+    message = {"role": "tool", "tool_call_id": call_id, "content": _output_text(item.get("output"), where)}
+    name = item.get("name")
+    if isinstance(name, str) and name:  # otherwise the call it answers names the function
+        message["name"] = _offered_name(item, name, where, offered)
+    return message
 
 
-def _tools(body: dict[str, Any]) -> ToolRequest | None:
+def _output_text(output: Any, where: str) -> str:
+    """A function call's output: a string, or text parts. Dify takes files only with user
+    messages, so an image or file part is refused rather than dropped."""
+    if not isinstance(output, list):
+        return content_text(output)  # a string as it is; JSON values as JSON text
+    texts = []
+    for index, part in enumerate(output):
+        part_where = f"{where}.output[{index}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in ("input_image", "input_file"):
+            raise invalid_request(f"'{part_where}' is an {kind} part, but a function call's output reaches the Dify "
+                                  "app as text only (Dify takes images and files with user messages): send it in a "
+                                  "user message instead.", param=part_where, code="unsupported_value")
+        texts.append(_part(part, part_where)["text"])
+    return "\n".join(texts)
+
+
+def _tools(body: dict[str, Any]) -> tuple[ToolRequest | None, dict[str, tuple[str, str]]]:
+    """The offered functions, and the namespace of each one that has one (by offered name)."""
     tools = body.get("tools")
     if tools is not None and not isinstance(tools, list):
         raise invalid_request("'tools' must be an array.", param="tools", code="invalid_type")
-    specs: list[ToolSpec] = []
+    declared: list[tuple[str | None, ToolSpec]] = []  # (namespace, function)
     for index, tool in enumerate(tools or []):
-        _add_tools(specs, tool, f"tools[{index}]")
-    names = [spec.name for spec in specs]
-    duplicate = next((name for name in names if names.count(name) > 1), None)
-    if duplicate:
-        raise invalid_request(f"'tools' declares the function '{duplicate}' twice.", param="tools",
-                              code="invalid_value")
+        _add_tools(declared, tool, f"tools[{index}]", None)
+    specs, namespaced = _offered(declared)
     choice = body.get("tool_choice")
     if isinstance(choice, dict) and choice.get("type") in HOSTED_TOOLS:
         raise invalid_request(f"'tool_choice' requires the {choice['type']} tool, which a Dify app cannot run: only "
                               "function tools are offered.", param="tool_choice", code="unsupported_tool")
     if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
-        allowed = {entry.get("name") for entry in choice.get("tools") or [] if isinstance(entry, dict)}
-        specs = [spec for spec in specs if spec.name in allowed]
-        choice = choice.get("mode") or "auto"
-    return tool_request(tuple(specs), choice, "tool_choice", body.get("parallel_tool_calls") is not False)
+        specs, choice = _allowed_tools(choice, specs, namespaced)
+    elif isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("name"), str):
+        choice = {"type": "function", "name": _chosen(choice, "tool_choice", specs, namespaced)}
+    request = tool_request(tuple(specs), choice, "tool_choice", body.get("parallel_tool_calls") is not False)
+    return request, namespaced
 
 
-def _add_tools(specs: list[ToolSpec], tool: Any, where: str) -> None:
+def _add_tools(declared: list[tuple[str | None, ToolSpec]], tool: Any, where: str, namespace: str | None) -> None:
     kind = tool.get("type") if isinstance(tool, dict) else None
     if kind == "function":
-        specs.append(read_function(tool, where))
-    elif kind == "namespace":  # a group of tools: its function tools are offered like any other
-        for index, member in enumerate(tool.get("tools") or []):
-            _add_tools(specs, member, f"{where}.tools[{index}]")
+        declared.append((namespace, read_function(tool, where)))
+    elif kind == "namespace" and namespace is None:  # a group of functions, each offered like any other
+        name, members = tool.get("name"), tool.get("tools")
+        if not isinstance(members, list):
+            raise invalid_request(f"'{where}.tools' must be an array of tools.", param=f"{where}.tools",
+                                  code="invalid_type")
+        if not isinstance(name, str) or not _NAMESPACE_NAME.fullmatch(name):
+            raise invalid_request(f"'{where}.name' must be 1 to 64 letters, digits, underscores or dashes.",
+                                  param=f"{where}.name", code="invalid_value")
+        for index, member in enumerate(members):
+            _add_tools(declared, member, f"{where}.tools[{index}]", name)
+    elif kind == "namespace":
+        raise invalid_request(f"'{where}': a namespace cannot hold another namespace.", param=f"{where}.type",
+                              code="invalid_value")
     elif kind not in HOSTED_TOOLS:
         raise invalid_request(f"'{where}.type' must be function, namespace or a hosted tool type (got {kind!r}).",
                               param=f"{where}.type", code="invalid_value")
+
+
+def _offered(declared: list[tuple[str | None, ToolSpec]]) -> tuple[list[ToolSpec], dict[str, tuple[str, str]]]:
+    """The functions as the model is offered them: a function of a namespace whose name another
+    function has too is offered as `<namespace>.<name>` (a function's own name has no dot)."""
+    seen: set[tuple[str | None, str]] = set()
+    for namespace, spec in declared:
+        if (namespace, spec.name) in seen:
+            label = spec.name if namespace is None else f"{namespace}.{spec.name}"
+            raise invalid_request(f"'tools' declares the function '{label}' twice.", param="tools",
+                                  code="invalid_value")
+        seen.add((namespace, spec.name))
+    counts = Counter(spec.name for _, spec in declared)
+    specs: list[ToolSpec] = []
+    namespaced: dict[str, tuple[str, str]] = {}
+    for namespace, spec in declared:
+        if namespace is not None:
+            offered = spec.name if counts[spec.name] == 1 else f"{namespace}.{spec.name}"
+            namespaced[offered] = (namespace, spec.name)
+            spec = replace(spec, name=offered)
+        specs.append(spec)
+    return specs, namespaced
+
+
+def _allowed_tools(choice: dict[str, Any], specs: list[ToolSpec],
+                   namespaced: dict[str, tuple[str, str]]) -> tuple[list[ToolSpec], str]:
+    """tool_choice {"type": "allowed_tools"}: the functions it allows, and its mode."""
+    mode = choice.get("mode", "auto")
+    if mode not in _ALLOWED_MODES:
+        raise invalid_request(f"'tool_choice.mode' must be one of {', '.join(_ALLOWED_MODES)}.",
+                              param="tool_choice.mode", code="invalid_value")
+    entries = choice.get("tools")
+    if not isinstance(entries, list):
+        raise invalid_request("'tool_choice.tools' must be an array of tools.", param="tool_choice.tools",
+                              code="invalid_type")
+    allowed: set[str] = set()
+    for index, entry in enumerate(entries):
+        where = f"tool_choice.tools[{index}]"
+        if not isinstance(entry, dict):
+            raise invalid_request(f"'{where}' must be an object.", param=where, code="invalid_type")
+        kind = entry.get("type", "function")
+        if kind not in ("function", "namespace"):
+            continue  # a hosted tool: not offered anyway
+        if not isinstance(entry.get("name"), str):
+            raise invalid_request(f"'{where}.name' must be a string.", param=f"{where}.name", code="invalid_type")
+        if kind == "namespace":
+            allowed.update(name for name, (namespace, _) in namespaced.items() if namespace == entry["name"])
+        else:
+            allowed.add(_chosen(entry, where, specs, namespaced))
+    return [spec for spec in specs if spec.name in allowed], mode
+
+
+def _chosen(entry: dict[str, Any], where: str, specs: list[ToolSpec], namespaced: dict[str, tuple[str, str]]) -> str:
+    """The offered name of the function a tool choice names (by its own name, and its
+    namespace when it has one); its name as given when no function matches."""
+    name, namespace = entry["name"], entry.get("namespace")
+    if namespace is not None and not isinstance(namespace, str):
+        raise invalid_request(f"'{where}.namespace' must be a string.", param=f"{where}.namespace",
+                              code="invalid_type")
+    if namespace is None and any(spec.name == name for spec in specs):
+        return name
+    matches = [offered for offered, (group, own) in namespaced.items()
+               if own == name and (namespace is None or group == namespace)]
+    return matches[0] if len(matches) == 1 else name
 
 
 def _text_format(text: Any) -> dict[str, Any] | None:
@@ -241,7 +365,10 @@ def _text_format(text: Any) -> dict[str, Any] | None:
 def _continues(previous_response_id: Any) -> tuple[str, str] | None:
     if previous_response_id is None:
         return None
-    continued = continued_ids(previous_response_id) if isinstance(previous_response_id, str) else None
+    if not isinstance(previous_response_id, str):
+        raise invalid_request("'previous_response_id' must be a string.", param="previous_response_id",
+                              code="invalid_type")
+    continued = continued_ids(previous_response_id)
     if continued is None:
         raise OpenAIError(404, f"Previous response with id {previous_response_id!r} not found: OpenDify stores no "
                                "responses, and only the ids of responses of Dify chat apps name a conversation to "

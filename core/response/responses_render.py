@@ -3,9 +3,18 @@
 `ResponseOutput` turns items (core/items.py) into output items, in order: answer text into
 `message` items with one `output_text` part, think-tag text and agent steps into `reasoning`
 items (agent tools already ran on Dify: shown, never a call for the client), tool calls into
-`function_call` items. Each step also returns the stream events it causes; the stream encoder
-numbers and writes them, the collector keeps only the final items. One state machine, two
-renderings, as chat completions have.
+`function_call` items (with the `namespace` of a function offered from a namespace group).
+Each step also returns the stream events it causes; the stream encoder numbers and writes
+them, the collector keeps only the final items. One state machine, two renderings, as chat
+completions have. When Dify's moderation replaces the answer (REPLACE), what streamed cannot be
+taken back, so the replacement follows it as one more delta; but the message's final text (its
+`.done` events, the Response object) is the replacement alone.
+
+The response id carries the Dify conversation and message (core/response_ids.py), which Dify
+names in its first event. A JSON body takes the id once the answer is collected. A stream of
+an app with conversations whose first Dify event came after FIRST_EVENT_WAIT holds back
+`response.created` (keep-alive comments go out meanwhile) until Dify names them, so that the
+id is never a random one that `previous_response_id` could not continue.
 
 A stream opens with `response.created` and `response.in_progress`, brackets every output item
 with `response.output_item.added` / `.done` (and its content part with
@@ -17,6 +26,7 @@ writes them, and no `[DONE]` follows.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from core.errors import OpenAIError
@@ -35,6 +45,7 @@ from core.items import (
     Item,
 )
 from core.response.render import KEEPALIVE, agent_result_text, json_text
+from core.response_ids import response_id
 from core.tolerant_json import compact
 
 
@@ -60,9 +71,10 @@ def responses_usage(usage: dict[str, int] | None) -> dict[str, Any]:
 class ResponseOutput:
     """The output items of one response, built as items arrive (see the module docstring)."""
 
-    def __init__(self, response_hex: str) -> None:
+    def __init__(self, response_hex: str, namespaced: dict[str, tuple[str, str]] | None = None) -> None:
         self.items: list[dict[str, Any]] = []
-        self._id_base = response_hex  # item ids derive from the response's: unique, and no randomness here
+        self._id_base = response_hex  # item ids derive from the fallback id's random hex: unique, no randomness here
+        self._namespaced = namespaced or {}  # offered name -> (namespace, name) (core/request/responses_request.py)
         self._open: dict[str, Any] | None = None  # the message or reasoning item text is going into
         self._delta_head = b""  # the TextDelta head of the open item
         self._parts: list[str] = []
@@ -74,9 +86,9 @@ class ResponseOutput:
     def feed(self, kind: str, value: Any) -> list[Event]:
         if kind in (TEXT, THINK_TAG):
             return self._text("message", value)
-        if kind == REPLACE:  # what streamed cannot be taken back: the moderated text follows it
+        if kind == REPLACE:
             self.incomplete_reason = "content_filter"
-            return self._text("message", value)
+            return self._replace(value)
         if kind == REASONING:
             return self._text("reasoning", value)
         if kind == AGENT_TOOL_CALL:
@@ -100,6 +112,17 @@ class ResponseOutput:
         self._parts.append(text)
         events.append(TextDelta(self._delta_head, text))
         return events
+
+    def _replace(self, text: str) -> list[Event]:
+        """Dify's moderation replaced the answer so far: the replacement goes out as a delta
+        (what streamed cannot be taken back), and it is the whole final text of the message;
+        the messages finished before it keep no text."""
+        for item in self.items:
+            if item["type"] == "message" and item is not self._open:
+                item["content"] = [{"type": "output_text", "text": "", "annotations": []}]
+        if self._open is not None and self._open["type"] == "message":
+            self._parts = []
+        return self._text("message", text)
 
     def _open_item(self, item_type: str) -> list[Event]:
         if item_type == "message":
@@ -142,10 +165,11 @@ class ResponseOutput:
                  "content_index": 0, "part": part},
                 {"type": "response.output_item.done", "output_index": index, "item": item}]
 
-    def _function_call(self, call_id: str, name: str, arguments: str) -> list[Event]:
+    def _function_call(self, call_id: str, offered_name: str, arguments: str) -> list[Event]:
         index = len(self.items)
+        namespace, name = self._namespaced.get(offered_name, (None, offered_name))
         item = {"id": self._new_id("fc"), "type": "function_call", "status": "in_progress", "call_id": call_id,
-                "name": name, "arguments": ""}
+                "name": name, **({"namespace": namespace} if namespace else {}), "arguments": ""}
         self.items.append(item)
         added = {"type": "response.output_item.added", "output_index": index, "item": dict(item)}
         item.update(status="completed", arguments=arguments)
@@ -157,14 +181,38 @@ class ResponseOutput:
                 {"type": "response.output_item.done", "output_index": index, "item": item}]
 
 
-class ResponseHead:
-    """What every Response object of one request holds besides its output."""
+# (Dify conversation id, message id) of the answer once Dify's first event named them (an id it
+# did not name is None); None while Dify has not said yet.
+DifyIds = Callable[[], tuple[str | None, str | None] | None]
 
-    def __init__(self, response_id: str, created_at: int, model: str, echoed: dict[str, Any]) -> None:
-        self.response_id = response_id
+
+class ResponseHead:
+    """What every Response object of one request holds besides its output.
+
+    The id is taken when it is first used (see the module docstring): from `dify_ids`, or
+    `fallback_id` (`resp_` and 32 random hex digits) when they name no conversation. `hold`:
+    whether a stream should wait for Dify's ids before it opens (an app with conversations)."""
+
+    def __init__(self, dify_ids: DifyIds, fallback_id: str, created_at: int, model: str, echoed: dict[str, Any],
+                 hold: bool = False) -> None:
+        self._dify_ids = dify_ids
+        self.fallback_id = fallback_id
+        self._id: str | None = None
         self.created_at = created_at
         self.model = model
         self.echoed = echoed
+        self._hold = hold
+
+    @property
+    def response_id(self) -> str:
+        if self._id is None:
+            conversation_id, message_id = self._dify_ids() or (None, None)
+            self._id = response_id(conversation_id, message_id, self.fallback_id)
+        return self._id
+
+    def ready(self) -> bool:
+        """Whether the id can be taken now without giving up one Dify is about to name."""
+        return self._id is not None or not self._hold or self._dify_ids() is not None
 
     def response(self, status: str, output: ResponseOutput | None, usage: dict[str, int] | None = None,
                  error: OpenAIError | None = None) -> dict[str, Any]:
@@ -195,6 +243,7 @@ class ResponseEventEncoder:
         self._head = head
         self._output = output
         self._sequence = 0
+        self._opened = False
 
     def _events(self, events: list[Event]) -> bytes:
         out = []
@@ -204,11 +253,21 @@ class ResponseEventEncoder:
         return b"".join(out)
 
     def opening(self) -> bytes:
-        return self._events([{"type": "response.created", "response": self._head.response("in_progress", None)},
-                             {"type": "response.in_progress", "response": self._head.response("in_progress", None)}])
+        return self._open(force=False)
+
+    def _open(self, force: bool) -> bytes:
+        """`response.created` and `response.in_progress`, once: as soon as the response id is
+        known, or when output must go out (`force`), named by what Dify said so far. Until then
+        nothing: the stream writes keep-alive comments."""
+        if self._opened or not (force or self._head.ready()):
+            return b""
+        self._opened = True
+        response = self._head.response("in_progress", None)
+        return self._events([{"type": "response.created", "response": response},
+                             {"type": "response.in_progress", "response": response}])
 
     def render(self, items: list[Item]) -> bytes:
-        out = []
+        out = [] if self._opened else [self._open(force=any(kind != PING for kind, _ in items))]
         for kind, value in items:
             if kind == PING:
                 out.append(KEEPALIVE)
@@ -245,15 +304,16 @@ class ResponseCollector:
 class ResponsesShape:
     """The Responses API shapes of one response (see core/response/render.py's ResponseShape)."""
 
-    def __init__(self, head: ResponseHead) -> None:
+    def __init__(self, head: ResponseHead, namespaced: dict[str, tuple[str, str]] | None = None) -> None:
         self._head = head
-        self._hex = head.response_id[-24:]  # the part that differs between responses of one conversation
+        self._hex = head.fallback_id[-24:]  # item ids: known before the response id is
+        self._namespaced = namespaced
 
     def encoders(self) -> list[ResponseEventEncoder]:
-        return [ResponseEventEncoder(self._head, ResponseOutput(self._hex))]
+        return [ResponseEventEncoder(self._head, ResponseOutput(self._hex, self._namespaced))]
 
     def collectors(self) -> list[ResponseCollector]:
-        return [ResponseCollector(ResponseOutput(self._hex))]
+        return [ResponseCollector(ResponseOutput(self._hex, self._namespaced))]
 
     def body(self, collectors: list[ResponseCollector], usage: dict[str, int]) -> dict[str, Any]:
         return self._head.response("completed", collectors[0].output, usage)
