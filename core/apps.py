@@ -4,14 +4,14 @@ Model ids are the Dify app names exactly, spaces kept, as the original OpenDify 
 (MODEL_ID_STYLE=exact), or slugs with whitespace and `/` replaced by `-` (MODEL_ID_STYLE=slug,
 for front ends that cannot hold spaces; what OpenDify listed before). When two apps have the
 same name, the later key in DIFY_API_KEYS gets a suffix: " (2)", " (3)", ... on exact ids,
-"-2", "-3", ... on slugs. Whatever the style, a request may name an app by its exact id, that
+"-2", "-3", ... on slugs, skipping a number whose id another app has as its name, so every
+listed id is one app's. Whatever the style, a request may name an app by its exact id, that
 id URL-encoded (`%20`, or `+` as openai 0.28's `Model.retrieve` sends it), or its slug.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, unquote_plus
@@ -71,14 +71,15 @@ class DifyApp:
         return (required or text_fields or [{"variable": "query"}])[0]["variable"]
 
     def inputs_for(self, given: dict[str, Any], text: str | None) -> dict[str, Any]:
-        """Dify `inputs`: the form's defaults, overridden by the request's `inputs`, plus the
-        user's text in `text_variable()` (completion and workflow apps). Dify checks required
-        inputs on every call; missing ones are refused here, before Dify is called."""
+        """Dify `inputs`: the form's defaults, the user's text in `text_variable()` (completion
+        and workflow apps; over its default, but not over the request's own value for it), then
+        the request's `inputs`. Dify checks required inputs on every call; missing ones are
+        refused here, before Dify is called."""
         inputs = {config["variable"]: config["default"] for _, config in self.input_form()
                   if config.get("default") not in (None, "")}
+        if text is not None and not self.has_conversations and (variable := self.text_variable()) not in given:
+            inputs[variable] = text
         inputs.update(given)
-        if text is not None and not self.has_conversations:
-            inputs.setdefault(self.text_variable(), text)
         missing = [config["variable"] for _, config in self.input_form()
                    if config.get("required") and inputs.get(config["variable"]) in (None, "")]
         if missing:
@@ -92,13 +93,21 @@ def slug(name: str) -> str:
     return re.sub(r"[\s/]+", "-", name.strip()) or "dify-app"
 
 
-def _numbered(names: Iterable[str], suffix: str) -> list[str]:
-    """The names with `suffix` (holding the occurrence number) on every repeat after the first."""
-    seen: dict[str, int] = {}
+def _numbered(names: list[str], suffix: str) -> list[str]:
+    """The names, each repeat after the first with `suffix` holding the lowest number from 2
+    on that gives an id no app is named and no other app was given: apps "Bot", "Bot" and
+    "Bot (2)" are "Bot", "Bot (3)" and "Bot (2)"."""
+    taken = set(names)
+    seen: set[str] = set()
     ids = []
     for name in names:
-        seen[name] = seen.get(name, 0) + 1
-        ids.append(name if seen[name] == 1 else name + suffix.format(seen[name]))
+        model_id, number = name, 1
+        while name in seen and model_id in taken:
+            number += 1
+            model_id = name + suffix.format(number)
+        seen.add(name)
+        taken.add(model_id)
+        ids.append(model_id)
     return ids
 
 
@@ -107,8 +116,8 @@ class ModelIndex:
 
     def __init__(self, apps: list[DifyApp], style: str = "exact") -> None:
         """`apps` in DIFY_API_KEYS order; `style` is MODEL_ID_STYLE (exact or slug)."""
-        exact_ids = _numbered((app.name for app in apps), " ({})")
-        slug_ids = _numbered((slug(app.name) for app in apps), "-{}")
+        exact_ids = _numbered([app.name for app in apps], " ({})")
+        slug_ids = _numbered([slug(app.name) for app in apps], "-{}")
         self.listed = dict(zip(exact_ids if style == "exact" else slug_ids, apps, strict=True))
         self._by_exact_id = dict(zip(exact_ids, apps, strict=True))
         self._by_slug = {}

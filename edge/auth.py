@@ -38,11 +38,13 @@ def dify_user_for(openai_user: str | None, client_key: str | None, header_user: 
     else the OpenAI `user` field, else a stable digest of the client's key.
 
     Dify scopes conversations, uploads and stop calls to it, so it must be the same on every
-    request of a user; the key itself never leaves the gateway.
+    request of a user; the key itself never leaves the gateway. It goes to Dify in JSON, in
+    query strings and in multipart forms, so it is made valid UTF-8: a lone surrogate (JSON
+    can carry one, `"\\ud800"`) becomes `?`.
     """
     for name in (header_user, openai_user):
         if name and name.strip():
-            return name.strip()[:255]
+            return name.strip()[:255].encode("utf-8", "replace").decode()
     if client_key:
         return "opendify-" + hashlib.sha256(client_key.encode()).hexdigest()[:24]
     return "opendify-anonymous"

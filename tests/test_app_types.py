@@ -5,11 +5,13 @@ from __future__ import annotations
 import openai
 import pytest
 
+from core.items import ZERO_WIDTH_DIGITS, ZERO_WIDTH_SEPARATOR
 from dify_emulator.control import start_emulator
 from tests.conftest import CLIENT_KEY
 from tests.scenarios import user_message
 
 APP_TYPES_KEYS = "app-demo-chat,app-demo-completion,app-demo-workflow"
+INVISIBLE = set(ZERO_WIDTH_DIGITS + ZERO_WIDTH_SEPARATOR)
 
 
 @pytest.fixture(scope="module")
@@ -75,11 +77,28 @@ def test_apps_without_conversations_fold_the_history_in_mode_2(app_types_client,
     assert call["query"] == "User:\nfirst\n\nAssistant:\nYou said: first\n\nCurrent question:\nsecond"
 
 
+@pytest.mark.parametrize(("model", "route", "variable"), [("demo-completion", "/v1/completion-messages", "query"),
+                                                          ("demo-workflow", "/v1/workflows/run", "text")])
+def test_mode_2_ids_of_a_chat_apps_replies_stay_out_of_apps_without_conversations(app_types_client, recorded,
+                                                                                   model, route, variable):
+    # A chat that switches from a chat app (whose replies carry the ids) to a completion or workflow app.
+    reply = app_types_client.chat.completions.create(model="demo-chat", messages=user_message("first"))
+    assert set(reply.choices[0].message.content) & INVISIBLE
+    app_types_client.chat.completions.create(model=model, messages=[
+        {"role": "user", "content": "first"}, {"role": "assistant", "content": reply.choices[0].message.content},
+        {"role": "user", "content": "second"}])
+    [call] = calls(recorded, route)
+    assert call["inputs"][variable] == (
+        "User:\nfirst\n\nAssistant:\nYou said: first\n\nCurrent question:\nsecond")
+
+
 INPUT_APPS = [
     {"key": "app-translate", "name": "translator", "mode": "completion", "user_input_form": [
+        {"paragraph": {"variable": "source", "label": "Source", "required": True, "default": "Paste a text."}},
         {"select": {"variable": "language", "label": "Language", "required": True, "options": ["fr", "de"]}},
-        {"text-input": {"variable": "tone", "label": "Tone", "required": False, "default": "formal"}},
-        {"paragraph": {"variable": "source", "label": "Source", "required": True}}]},
+        {"text-input": {"variable": "tone", "label": "Tone", "required": False, "default": "formal"}}]},
+    {"key": "app-writer", "name": "writer", "mode": "completion", "user_input_form": [
+        {"paragraph": {"variable": "query", "label": "Query", "required": True, "default": "Write a poem."}}]},
     {"key": "app-legacy-flow", "name": "legacy-flow", "mode": "workflow", "info_has_mode": False,
      "user_input_form": [{"paragraph": {"variable": "text", "label": "Text", "required": True}}]},
     {"key": "app-legacy-chat", "name": "legacy-chat", "mode": "chat", "info_has_mode": False},
@@ -100,9 +119,34 @@ def test_inputs_are_merged_over_defaults_and_text_goes_to_the_first_required_tex
     completion = client.chat.completions.create(model="translator", messages=user_message("hello"),
                                                 extra_body={"inputs": {"language": "fr"}})
     [call] = calls(emulator, "/v1/completion-messages")
+    # The user's message, not the form's default for its variable.
     assert call["inputs"] == {"language": "fr", "tone": "formal", "source": "hello"}
-    # The emulator echoes a completion app's first string input as sent: the form's defaults come first.
-    assert completion.choices[0].message.content == "You said: formal"
+    # The emulator echoes a completion app's first string input, here the text variable.
+    assert completion.choices[0].message.content == "You said: hello"
+
+
+@pytest.mark.parametrize("route", ["chat", "text"])
+def test_the_users_text_replaces_the_default_of_the_query_input(inputs_setup, route):
+    emulator, client = inputs_setup
+    emulator.reset()
+    if route == "chat":
+        text = client.chat.completions.create(model="writer", messages=user_message("a haiku")).choices[0]
+        text = text.message.content
+    else:
+        text = client.completions.create(model="writer", prompt="a haiku").choices[0].text
+    assert text == "You said: a haiku"  # the emulator echoes the `query` input
+    [call] = calls(emulator, "/v1/completion-messages")
+    assert call["inputs"] == {"query": "a haiku"} and call["query"] == "a haiku"
+
+
+def test_the_requests_own_value_for_the_text_input_wins(inputs_setup):
+    emulator, client = inputs_setup
+    emulator.reset()
+    completion = client.chat.completions.create(model="translator", messages=user_message("hello"),
+                                                extra_body={"inputs": {"language": "de", "source": "guten Tag"}})
+    [call] = calls(emulator, "/v1/completion-messages")
+    assert call["inputs"] == {"language": "de", "tone": "formal", "source": "guten Tag"} and call["query"] == "hello"
+    assert completion.choices[0].message.content == "You said: guten Tag"
 
 
 def test_missing_required_inputs_are_400_before_dify_is_called(inputs_setup):

@@ -109,6 +109,11 @@ def dify_messages(emulator, conversation_id: str, user: str = EXPECTED_USER, app
                                                                                    app_key)]
 
 
+def messages_calls(emulator) -> list[dict[str, str]]:
+    """The query of every GET /messages Dify received (the gateway checks a conversation's tail)."""
+    return [record["args"] for record in emulator.requests() if record["path"] == "/v1/messages"]
+
+
 def reply_ids(emulator, conversation_id: str, position: int, **where: str) -> str:
     """What the gateway appends to the reply of a conversation's message at `position`: the
     message id, the separator, the conversation id, each in the original zero-width scheme."""
@@ -203,6 +208,24 @@ def test_mode_2_openai_user_field_is_the_dify_user_of_every_turn(gateways, recor
         ("third question", conversation_id, "alice"),
     ]
     assert len(dify_messages(recorded, conversation_id, user="alice")) == 3
+
+
+def test_mode_2_user_with_a_lone_surrogate_continues_as_valid_utf8(gateways, recorded):
+    # JSON can carry "\ud800"; Dify gets the user as valid UTF-8 in bodies and query strings
+    # (GET /messages before continuing), "?" in its place.
+    def post(messages: list[dict]) -> requests.Response:
+        response = requests.post(gateways(2).base_url + "/chat/completions", timeout=30,
+                                 headers={"Authorization": f"Bearer {CLIENT_KEY}"},
+                                 json={"model": "demo-chat", "user": "\ud800", "messages": messages})
+        assert response.status_code == 200, response.text
+        return response
+
+    messages = [{"role": "user", "content": "first question"}]
+    reply = post(messages).json()["choices"][0]["message"]
+    response = post([*messages, reply, {"role": "user", "content": "second question"}])
+    conversation_id = response.headers["X-Dify-Conversation-Id"]
+    assert dify_calls(recorded) == [("first question", "", "?"), ("second question", conversation_id, "?")]
+    assert [message["user"] for message in messages_calls(recorded)] == ["?"]
 
 
 @STREAMING

@@ -12,11 +12,18 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from core.errors import OpenAIError
-from core.request.memory_modes import memory_mode
-from core.request.memory_modes.base import DifyTurn, continuation_query, fold_history, stateless_query
+from core.request.memory_modes import memory_mode, zero_width
+from core.request.memory_modes.base import (
+    FILES_ONLY_QUERY,
+    DifyTurn,
+    continuation_query,
+    fold_history,
+    stateless_query,
+)
 from core.request.memory_modes.history import HistoryMode
 from core.request.memory_modes.stateless import StatelessMode
 from core.request.memory_modes.zero_width import (
+    MAX_ID_DIGITS,
     FoundConversation,
     ZeroWidthMode,
     decode_id,
@@ -63,9 +70,10 @@ LITERAL_VECTORS = {
 
 uuids = st.uuids().map(str)
 # Ids that are not UUIDs: any printable text (decode_id only returns printable ids), of
-# every length modulo 3 so that both kinds of base64 padding occur.
+# every length modulo 3 so that both kinds of base64 padding occur, and at most 72 bytes
+# (MAX_ID_DIGITS: longer ids are not read).
 printable_ids = st.text(st.characters(categories=("L", "M", "N", "P", "S"), include_characters=" "),
-                        min_size=1, max_size=60)
+                        min_size=1, max_size=18)
 # Text before an id: anything printable, so it never ends with a zero-width digit.
 visible_text = st.text(st.characters(categories=("L", "N", "P", "S", "Zs")), max_size=40)
 trailing_space = st.text(" \t\r\n", max_size=5)
@@ -120,6 +128,67 @@ def test_zero_width_characters_of_the_text_before_the_id_are_not_part_of_it(conv
     text = "Done." + "".join(noise)
     assert decode_id(text + reference_encode(conversation_id)) == conversation_id
     assert decode_id(text + reference_encode(conversation_id) + "\n") == conversation_id
+
+
+def counting_decoder(monkeypatch) -> list[int]:
+    """Counts the readings the decoder makes: the length of the digits each one decodes."""
+    lengths: list[int] = []
+    decode = zero_width._decode_digits
+
+    def counted(digits: str) -> str | None:
+        lengths.append(len(digits))
+        return decode(digits)
+
+    monkeypatch.setattr(zero_width, "_decode_digits", counted)
+    return lengths
+
+
+def test_reading_the_ids_looks_at_a_bounded_tail_of_a_long_zero_width_run(monkeypatch):
+    # Text may end with thousands of zero-width characters (pasted, or sent to stall a
+    # worker): the work of reading the ids must not grow with the run.
+    lengths = counting_decoder(monkeypatch)
+    conversation_id, message_id = str(uuid.uuid4()), str(uuid.uuid4())
+    work = []
+    for noise in (2_000, 4_000):
+        lengths.clear()
+        reply = "Done." + "\u200b" * noise + encode_reply_ids(conversation_id, message_id)
+        messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": reply}]
+        assert find_conversation(messages) == FoundConversation(conversation_id, message_id, 1)
+        assert without_ids(messages)[1]["content"] == "Done." + "\u200b" * noise
+        assert lengths and max(lengths) <= MAX_ID_DIGITS + 1  # + the digit a trim may have removed
+        work.append((len(lengths), sum(lengths)))
+    assert work[0] == work[1]  # twice the run, the same readings
+
+
+def test_a_long_run_without_an_id_reads_nothing(monkeypatch):
+    lengths = counting_decoder(monkeypatch)
+    text = "x" + "\u200b" * 4_000  # zeros: no reading is printable text
+    assert decode_id(text) is None
+    assert len(lengths) <= 2 * MAX_ID_DIGITS and max(lengths) <= MAX_ID_DIGITS + 1
+    messages = [{"role": "user", "content": "q0"}, {"role": "assistant", "content": text},
+                {"role": "user", "content": "q"}]
+    assert ZeroWidthMode().prepare(messages) == DifyTurn(
+        query=f"User:\nq0\n\nAssistant:\n{text}\n\nCurrent question:\nq")
+
+
+def js_trim(text: str) -> str:
+    """What JavaScript's String.prototype.trim() leaves: it takes U+FEFF for white space."""
+    return text.strip(" \t\n\r\v\f\u00a0\u2028\u2029\ufeff")
+
+
+@given(uuids, uuids, st.sampled_from("3c"), visible_text)
+def test_an_id_ending_with_the_digit_3_survives_a_javascript_trim(conversation_id, message_id, last, text):
+    # A UUID whose last character is 3 or c ends its encoding with U+FEFF (the digit 3), which
+    # JavaScript front ends strip when they trim the reply.
+    conversation_id, text = conversation_id[:-1] + last, "Answer: " + text
+    reply = js_trim(text + encode_reply_ids(conversation_id, message_id))
+    assert not reply.endswith(REFERENCE_DIGITS[3])
+    messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": reply},
+                {"role": "user", "content": "next"}]
+    assert find_conversation(messages) == FoundConversation(conversation_id, message_id, 1)
+    assert without_ids(messages)[1]["content"] == text
+    assert decode_id(js_trim(text + encode_id(conversation_id))) == conversation_id
+    assert ZeroWidthMode().prepare(messages).conversation_id == conversation_id
 
 
 @pytest.mark.parametrize("text", [
@@ -219,6 +288,17 @@ def test_starting_over_folds_the_history_without_the_ids():
     assert ZeroWidthMode().recover(messages) == DifyTurn(
         query="User:\nq1\n\nAssistant:\na1\u200b\n\nUser:\nq2\n\nAssistant:\na2\n\nCurrent question:\nq3")
     assert messages[3]["content"] == "a2" + reference_encode(stale)  # the request itself is untouched
+
+
+def test_mode_2_for_apps_without_conversations_folds_the_history_without_the_ids():
+    conversation_id, message_id = str(uuid.uuid4()), str(uuid.uuid4())
+    messages = [{"role": "user", "content": "q1"},
+                {"role": "assistant", "content": "a1" + encode_reply_ids(conversation_id, message_id)},
+                {"role": "user", "content": "q2"}]
+    folded = "User:\nq1\n\nAssistant:\na1\n\nCurrent question:\nq2"
+    mode = memory_mode(2, conversations=False)
+    assert mode.prepare(messages) == mode.recover(messages) == DifyTurn(query=folded)
+    assert mode.reply_suffix(conversation_id, message_id, None) == ""
 
 
 def test_memory_mode_numbers():
@@ -381,13 +461,36 @@ def test_stateless_query():
 
 @pytest.mark.parametrize("messages", [
     [{"role": "system", "content": "only a system prompt"}],
-    [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],
+    [{"role": "user", "content": [{"type": "text", "text": " "}]}],
     [{"role": "user", "content": "   "}],
 ])
 def test_stateless_query_needs_user_text(messages):
     with pytest.raises(OpenAIError) as caught:
         stateless_query(messages)
     assert caught.value.status == 400 and caught.value.code == "invalid_value"
+
+
+IMAGE = {"type": "image_url", "image_url": {"url": "https://example.invalid/cat.png"}}
+PDF_PART = {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBERg=="}}
+AUDIO = {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}
+
+
+@pytest.mark.parametrize(("mode", "files_from"), [(StatelessMode(), 1), (HistoryMode(), 0), (ZeroWidthMode(), 1)],
+                         ids=["0", "1", "2"])
+@pytest.mark.parametrize(("parts", "query"), [
+    ([IMAGE], FILES_ONLY_QUERY[0]), ([PDF_PART], FILES_ONLY_QUERY[0]), ([AUDIO], FILES_ONLY_QUERY[0]),
+    ([{"type": "text", "text": "  "}, IMAGE, AUDIO], FILES_ONLY_QUERY[1]),
+])
+def test_a_user_turn_of_files_alone_gets_a_placeholder_query(mode, files_from, parts, query):
+    # Dify refuses an empty query; the files go with the turn.
+    turn = mode.prepare([{"role": "system", "content": "S"}, {"role": "user", "content": parts}])
+    assert turn == DifyTurn(query=f"S\n\n{query}", files_from=files_from)
+    folded = fold_history([{"role": "user", "content": [IMAGE]}, {"role": "assistant", "content": "A cat."},
+                           {"role": "user", "content": parts}])
+    assert folded == f"User:\n{FILES_ONLY_QUERY[0]}\n\nAssistant:\nA cat.\n\nCurrent question:\n{query}"
+    continued = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a"},
+                 {"role": "user", "content": parts}]
+    assert continuation_query(continued) == query
 
 
 def test_continuation_query_is_the_new_user_text_alone():

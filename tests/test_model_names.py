@@ -41,6 +41,20 @@ def test_index_lists_slugs_in_slug_style():
     assert list(index.listed) == ["My-App", "My-App-2", "team-helper"]
 
 
+@pytest.mark.parametrize(("style", "names", "listed"), [
+    ("exact", ("Bot", "Bot", "Bot (2)"), ["Bot", "Bot (3)", "Bot (2)"]),
+    ("exact", ("Bot (2)", "Bot", "Bot", "Bot", "Bot (3)"), ["Bot (2)", "Bot", "Bot (4)", "Bot (5)", "Bot (3)"]),
+    ("slug", ("Bot", "Bot", "Bot-2"), ["Bot", "Bot-3", "Bot-2"]),
+    ("slug", ("Bot", "Bot-2", "Bot"), ["Bot", "Bot-2", "Bot-3"]),
+])
+def test_a_suffix_never_takes_another_apps_name(style, names, listed):
+    served = apps(*names)
+    index = ModelIndex(served, style)
+    assert list(index.listed) == listed and list(index.listed.values()) == served
+    assert [index.id_of(app) for app in served] == listed
+    assert [index.find(model_id) for model_id in listed] == served
+
+
 @pytest.mark.parametrize("style", ["exact", "slug"])
 @pytest.mark.parametrize(("name", "position"), [
     ("My App", 0), ("My%20App", 0), ("My+App", 0), ("My-App", 0),
@@ -170,3 +184,23 @@ def test_slug_style_lists_slugs_and_still_takes_exact_names(start_gateway, named
     assert app_keys_called(named_dify) == ["app-name-1"] * 3
     retrieved = requests.get(gateway.base_url + "/models/My Translation App", headers=HEADERS, timeout=10)
     assert retrieved.json()["id"] == "My-Translation-App"
+
+
+BOT_APPS = [{"key": f"app-bot-{index}", "name": name, "mode": "chat"}
+            for index, name in enumerate(("Bot", "Bot", "Bot (2)"), start=1)]
+
+
+def test_apps_whose_suffixed_ids_meet_a_real_name_are_each_reachable(start_gateway):
+    keys = ",".join(app["key"] for app in BOT_APPS)
+    with start_emulator(apps=BOT_APPS) as emulator, start_gateway(DIFY_API_BASE=emulator.base_url,
+                                                                  DIFY_API_KEYS=keys) as gateway:
+        listed = requests.get(gateway.base_url + "/models", headers=HEADERS, timeout=10).json()["data"]
+        assert [model["id"] for model in listed] == ["Bot", "Bot (3)", "Bot (2)"]
+        for model_id, app_key in (("Bot", "app-bot-1"), ("Bot (3)", "app-bot-2"), ("Bot (2)", "app-bot-3")):
+            retrieved = requests.get(f"{gateway.base_url}/models/{quote(model_id)}", headers=HEADERS, timeout=10)
+            assert retrieved.status_code == 200 and retrieved.json()["id"] == model_id
+            emulator.reset()
+            response = requests.post(gateway.base_url + "/chat/completions", headers=HEADERS, timeout=10,
+                                     json={"model": model_id, "messages": [{"role": "user", "content": "hi"}]})
+            assert response.status_code == 200 and response.json()["model"] == model_id
+            assert app_keys_called(emulator) == [app_key]

@@ -49,6 +49,38 @@ def test_data_url_image_is_uploaded_and_sent_as_local_file(client, recorded, str
     assert dify_file["upload_file_id"] and call["json"]["user"] == EXPECTED_USER
 
 
+@pytest.mark.parametrize("mode", ["0", "1", "2"])
+def test_a_user_turn_of_files_alone_is_sent_with_a_placeholder_query(start_gateway, recorded, mode):
+    image = {"type": "image_url", "image_url": {"url": "https://example.invalid/cat.png"}}
+    with start_gateway(CONVERSATION_MEMORY_MODE=mode) as gateway:
+        client = openai.OpenAI(base_url=gateway.base_url, api_key=CLIENT_KEY, max_retries=0)
+        reply = ask(client, [image]).choices[0].message.content
+        messages = [{"role": "user", "content": [image]}, {"role": "assistant", "content": reply},
+                    {"role": "user", "content": [AUDIO_PART]}]
+        client.chat.completions.create(model="demo-chat", messages=messages)
+    first, second = (record["json"] for record in records(recorded, "/v1/chat-messages"))
+    assert reply.startswith("You said: (See the attached file.)")
+    assert first["query"] == "(See the attached file.)" and first["files"][0]["url"] == image["image_url"]["url"]
+    expected = {"0": "(See the attached file.)", "2": "(See the attached file.)",
+                "1": "User:\n(See the attached file.)\n\nAssistant:\nYou said: (See the attached file.)\n\n"
+                     "Current question:\n(See the attached file.)"}
+    assert second["query"] == expected[mode] and bool(second["conversation_id"]) == (mode == "2")
+    assert [file["type"] for file in second["files"]] == (["image", "audio"] if mode == "1" else ["audio"])
+
+
+def test_a_user_that_is_not_valid_utf8_uploads_as_valid_utf8(http, recorded):
+    # JSON can carry a lone surrogate ("\\ud800", as requests writes it); a multipart form cannot.
+    parts = [{"type": "text", "text": "what is this?"},
+             {"type": "image_url", "image_url": {"url": data_url("image/png", PNG)}}]
+    response = http("POST", "/v1/chat/completions",
+                    json={"model": "demo-chat", "user": "\ud800", "messages": [{"role": "user", "content": parts}]})
+    assert response.status_code == 200 and response.json()["choices"][0]["message"]["content"] == \
+        "You said: what is this?"
+    [upload] = records(recorded, "/v1/files/upload")
+    [call] = records(recorded, "/v1/chat-messages")
+    assert upload["form"]["user"] == call["json"]["user"] == "?"
+
+
 def test_remote_image_url_is_passed_not_fetched(client, recorded):
     url = "https://images.example.invalid/cat.png"
     ask(client, [{"type": "text", "text": "and this?"}, {"type": "image_url", "image_url": {"url": url}}])

@@ -75,6 +75,16 @@ def test_dify_user_is_stable_and_never_the_key():
     assert dify_user_for("alice", "sk-secret") == "alice"
 
 
+@pytest.mark.parametrize(("openai_user", "header_user", "dify_user"), [
+    ("\ud800", None, "?"),  # JSON may carry a lone surrogate: "\\ud800"
+    ("al\udfffice\U0001F600", None, "al?ice\U0001F600"),
+    ("bob", "\udc80team", "?team"),
+])
+def test_dify_user_is_valid_utf8(openai_user, header_user, dify_user):
+    user = dify_user_for(openai_user, "sk-secret", header_user)
+    assert user == dify_user and user.encode("utf-8")
+
+
 @pytest.mark.parametrize(("status", "body", "expected_status", "code"), [
     (400, {"code": "invalid_param", "message": "Too many requests. Please try again later."}, 429,
      "rate_limit_exceeded"),

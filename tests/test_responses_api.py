@@ -352,6 +352,21 @@ def test_a_namespaced_tool_with_its_own_name_is_written_back_with_its_namespace(
     assert events[-1]["response"]["output"] == [done]
 
 
+def test_allowed_tools_offer_the_functions_and_namespaces_they_name():
+    tools = [namespace("crm", "search", "lookup"), namespace("docs", "search"), WEATHER]
+
+    def offered(mode, *entries):
+        body = {"model": "m", "input": "x", "tools": tools,
+                "tool_choice": {"type": "allowed_tools", "mode": mode, "tools": list(entries)}}
+        request = parse_responses_request(body, RequestLimits()).chat.tools
+        return request.choice, [tool.name for tool in request.tools]
+
+    assert offered("required", {"type": "function", "name": "get_weather"}) == ("required", ["get_weather"])
+    assert offered("auto", {"type": "namespace", "name": "crm"}, {"type": "web_search"}) == (
+        "auto", ["crm.search", "lookup"])
+    assert offered("auto", {"type": "function", "name": "search", "namespace": "docs"}) == ("auto", ["docs.search"])
+
+
 @pytest.mark.parametrize(("fields", "param", "code"), [
     ({"tool_choice": {"type": "allowed_tools", "mode": "auto", "tools": [{"name": ["a"]}]}},
      "tool_choice.tools[0].name", "invalid_type"),

@@ -99,6 +99,43 @@ def test_required_and_named_choices():
     assert (named.choice, named.forced_name, [tool.name for tool in named.tools]) == ("named", "now", ["now"])
 
 
+def allowed(mode, *names, **extra):
+    tools = [{"type": "function", "function": {"name": name}} for name in names]
+    return {"type": "allowed_tools", "allowed_tools": {"mode": mode, "tools": tools, **extra}}
+
+
+def test_allowed_tools_choice_offers_only_the_named_functions_with_its_mode():
+    # openai-python's ChatCompletionAllowedToolChoiceParam
+    required = parse_tool_request({"tools": [WEATHER, NOW], "tool_choice": allowed("required", "get_weather")})
+    assert (required.choice, required.forced_name, [tool.name for tool in required.tools]) == (
+        "required", None, ["get_weather"])
+    auto = parse_tool_request({"tools": [WEATHER, NOW], "tool_choice": allowed("auto", "now", "get_weather")})
+    assert (auto.choice, [tool.name for tool in auto.tools]) == ("auto", ["get_weather", "now"])
+    bare_name = {"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": [{"type": "function",
+                                                                                        "name": "now"}]}}
+    assert [tool.name for tool in parse_tool_request({"tools": [WEATHER, NOW], "tool_choice": bare_name}).tools] \
+        == ["now"]
+    # Nothing allowed: nothing offered (auto); required then cannot be honoured (below).
+    assert parse_tool_request({"tools": [WEATHER], "tool_choice": allowed("auto", "other")}) is None
+    assert parse_tool_request({"tool_choice": allowed("auto", "now")}) is None
+
+
+@pytest.mark.parametrize(("choice", "param"), [
+    ({"type": "allowed_tools"}, "tool_choice.allowed_tools"),
+    (allowed("none", "now"), "tool_choice.allowed_tools.mode"),
+    ({"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": "now"}}, "tool_choice.allowed_tools.tools"),
+    ({"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": ["now"]}},
+     "tool_choice.allowed_tools.tools[0]"),
+    ({"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": [{"type": "function", "function": {}}]}},
+     "tool_choice.allowed_tools.tools[0].function.name"),
+    (allowed("required", "other"), "tool_choice"),
+])
+def test_malformed_allowed_tools_choices_are_400_naming_the_param(choice, param):
+    with pytest.raises(OpenAIError) as raised:
+        parse_tool_request({"tools": [WEATHER, NOW], "tool_choice": choice})
+    assert (raised.value.status, raised.value.param) == (400, param)
+
+
 def test_legacy_functions_and_function_call():
     request = parse_tool_request({"functions": [WEATHER["function"], NOW["function"]],
                                   "function_call": {"name": "get_weather"}})

@@ -298,6 +298,19 @@ def test_named_tool_choice_offers_only_that_function_and_requires_it(client, rec
     assert "- get_time(tz: string): Current time in a time zone.\n" in query and "get_weather" not in query
 
 
+@pytest.mark.parametrize(("mode", "rule"), [("required", REQUIRED_RULE), ("auto", AUTO_RULE)])
+def test_allowed_tools_choice_offers_only_the_allowed_functions(client, recorded, mode, rule):
+    # openai-python's ChatCompletionAllowedToolChoiceParam
+    choice = {"type": "allowed_tools", "allowed_tools": {
+        "mode": mode, "tools": [{"type": "function", "function": {"name": "get_weather"}}]}}
+    completion = client.chat.completions.create(model="demo-chat", tools=[WEATHER, TIME], tool_choice=choice,
+                                                messages=user_message("Weather?", answer=PARIS))
+    [call] = completion.choices[0].message.tool_calls
+    assert (call.function.name, call.function.arguments) == ("get_weather", PARIS_ARGUMENTS)
+    query = only_query(recorded)
+    assert query.endswith("\n" + rule) and WEATHER_LINES in query and "get_time" not in query
+
+
 def test_required_tool_choice_puts_the_rule_in_the_query(client, recorded):
     completion = client.chat.completions.create(model="demo-chat", tools=[WEATHER, TIME], tool_choice="required",
                                                 messages=user_message("Weather?", answer=PARIS))

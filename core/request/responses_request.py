@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from core.errors import OpenAIError, invalid_request
 from core.request.chat_request import ChatRequest, RequestLimits, check_size, json_format
 from core.request.content import content_text
-from core.request.tools import ToolRequest, ToolSpec, read_function, tool_request
+from core.request.tools import ToolRequest, ToolSpec, allowed_tools, read_function, tool_request
 from core.response_ids import continued_ids
 
 ROLES = ("user", "assistant", "system", "developer")
@@ -44,8 +45,6 @@ ECHOED = {"instructions": None, "max_output_tokens": None, "metadata": {}, "para
           "top_p": 1.0, "truncation": "disabled", "user": None}
 # A namespace's name: as a function's, so that `<namespace>.<name>` is unambiguous.
 _NAMESPACE_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
-# tool_choice {"type": "allowed_tools"}: the modes OpenAI takes.
-_ALLOWED_MODES = ("auto", "required")
 
 
 @dataclass(frozen=True)
@@ -254,7 +253,8 @@ def _tools(body: dict[str, Any]) -> tuple[ToolRequest | None, dict[str, tuple[st
         raise invalid_request(f"'tool_choice' requires the {choice['type']} tool, which a Dify app cannot run: only "
                               "function tools are offered.", param="tool_choice", code="unsupported_tool")
     if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
-        specs, choice = _allowed_tools(choice, specs, namespaced)
+        allowed, choice = allowed_tools(choice, "tool_choice", specs, _allowed(specs, namespaced))
+        specs = list(allowed)
     elif isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("name"), str):
         choice = {"type": "function", "name": _chosen(choice, "tool_choice", specs, namespaced)}
     request = tool_request(tuple(specs), choice, "tool_choice", body.get("parallel_tool_calls") is not False)
@@ -305,32 +305,20 @@ def _offered(declared: list[tuple[str | None, ToolSpec]]) -> tuple[list[ToolSpec
     return specs, namespaced
 
 
-def _allowed_tools(choice: dict[str, Any], specs: list[ToolSpec],
-                   namespaced: dict[str, tuple[str, str]]) -> tuple[list[ToolSpec], str]:
-    """tool_choice {"type": "allowed_tools"}: the functions it allows, and its mode."""
-    mode = choice.get("mode", "auto")
-    if mode not in _ALLOWED_MODES:
-        raise invalid_request(f"'tool_choice.mode' must be one of {', '.join(_ALLOWED_MODES)}.",
-                              param="tool_choice.mode", code="invalid_value")
-    entries = choice.get("tools")
-    if not isinstance(entries, list):
-        raise invalid_request("'tool_choice.tools' must be an array of tools.", param="tool_choice.tools",
-                              code="invalid_type")
-    allowed: set[str] = set()
-    for index, entry in enumerate(entries):
-        where = f"tool_choice.tools[{index}]"
-        if not isinstance(entry, dict):
-            raise invalid_request(f"'{where}' must be an object.", param=where, code="invalid_type")
-        kind = entry.get("type", "function")
-        if kind not in ("function", "namespace"):
-            continue  # a hosted tool: not offered anyway
+def _allowed(specs: list[ToolSpec],
+             namespaced: dict[str, tuple[str, str]]) -> Callable[[dict[str, Any], str], set[str]]:
+    """What one entry of an allowed_tools choice allows (core/request/tools.py `allowed_tools`):
+    a function (by its own name, with its namespace when several have it), or a namespace's
+    functions."""
+
+    def allows(entry: dict[str, Any], where: str) -> set[str]:
         if not isinstance(entry.get("name"), str):
             raise invalid_request(f"'{where}.name' must be a string.", param=f"{where}.name", code="invalid_type")
-        if kind == "namespace":
-            allowed.update(name for name, (namespace, _) in namespaced.items() if namespace == entry["name"])
-        else:
-            allowed.add(_chosen(entry, where, specs, namespaced))
-    return [spec for spec in specs if spec.name in allowed], mode
+        if entry.get("type", "function") == "namespace":
+            return {name for name, (namespace, _) in namespaced.items() if namespace == entry["name"]}
+        return {_chosen(entry, where, specs, namespaced)}
+
+    return allows
 
 
 def _chosen(entry: dict[str, Any], where: str, specs: list[ToolSpec], namespaced: dict[str, tuple[str, str]]) -> str:

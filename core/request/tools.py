@@ -26,6 +26,8 @@ FENCE = "```"
 
 _NAME_RE = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 _CHOICES = ("auto", "none", "required")
+# tool_choice {"type": "allowed_tools"}: the modes OpenAI takes.
+ALLOWED_MODES = ("auto", "required")
 
 
 # --- the request ---------------------------------------------------------------------------
@@ -58,17 +60,25 @@ def parse_tool_request(body: dict) -> ToolRequest | None:
     """The tools a chat request offers, or None when it offers none (or `tool_choice` is "none").
 
     `tools` wins over legacy `functions` when a client sends both. Explicit nulls count as
-    absent (docs/clients.md rule 8).
+    absent (docs/clients.md rule 8). A `tool_choice` of type allowed_tools offers the tools it
+    names, with its mode (auto or required) as the choice.
     """
-    if body.get("tools") is not None:
-        tools = _parse_tools(body["tools"], "tools", _read_tool)
-        return tool_request(tools, body.get("tool_choice"), "tool_choice", body.get("parallel_tool_calls") is not False)
-    if body.get("functions") is not None:
+    if body.get("tools") is None and body.get("functions") is not None:
         tools = _parse_tools(body["functions"], "functions", read_function)
         # `function_call` holds a single call
         return tool_request(tools, body.get("function_call"), "function_call", parallel=False, legacy=True)
+    tools = _parse_tools(body["tools"], "tools", _read_tool) if body.get("tools") is not None else ()
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
+        settings = choice.get("allowed_tools")
+        if not isinstance(settings, dict):
+            raise invalid_request("'tool_choice.allowed_tools' must be an object with 'mode' and 'tools'.",
+                                  param="tool_choice.allowed_tools", code="invalid_type")
+        tools, choice = allowed_tools(settings, "tool_choice.allowed_tools", tools, _allowed_function)
+    if body.get("tools") is not None:
+        return tool_request(tools, choice, "tool_choice", body.get("parallel_tool_calls") is not False)
     # A choice without tools: "required" or a named function cannot be honoured.
-    _parse_choice(body.get("tool_choice"), "tool_choice", ())
+    _parse_choice(choice, "tool_choice", ())
     _parse_choice(body.get("function_call"), "function_call", ())
     return None
 
@@ -83,6 +93,43 @@ def tool_request(tools: tuple[ToolSpec, ...], choice_value: Any, param: str, par
     if choice == "named":
         tools = tuple(tool for tool in tools if tool.name == forced_name)
     return ToolRequest(tools=tools, choice=choice, forced_name=forced_name, legacy=legacy, parallel=parallel)
+
+
+def allowed_tools(settings: dict[str, Any], where: str, tools: Iterable[ToolSpec],
+                  allows: Callable[[dict[str, Any], str], Iterable[str]]) -> tuple[tuple[ToolSpec, ...], str]:
+    """A `tool_choice` of type allowed_tools, `{"mode": "auto" | "required", "tools": [...]}`
+    (at `where`): the offered `tools` it allows, and its mode, the choice among them.
+    `allows(entry, where)` names the offered functions one entry of its `tools` allows (chat
+    completions and the Responses API write them differently); entries of other tool types
+    (hosted tools, which are never offered) allow nothing."""
+    mode = settings.get("mode", "auto")
+    if mode not in ALLOWED_MODES:
+        raise invalid_request(f"'{where}.mode' must be one of {', '.join(ALLOWED_MODES)}.", param=f"{where}.mode",
+                              code="invalid_value")
+    entries = settings.get("tools")
+    if not isinstance(entries, list):
+        raise invalid_request(f"'{where}.tools' must be an array of tools.", param=f"{where}.tools",
+                              code="invalid_type")
+    allowed: set[str] = set()
+    for index, entry in enumerate(entries):
+        entry_where = f"{where}.tools[{index}]"
+        if not isinstance(entry, dict):
+            raise invalid_request(f"'{entry_where}' must be an object.", param=entry_where, code="invalid_type")
+        if entry.get("type", "function") in ("function", "namespace"):
+            allowed.update(allows(entry, entry_where))
+    return tuple(tool for tool in tools if tool.name in allowed), mode
+
+
+def _allowed_function(entry: dict[str, Any], where: str) -> tuple[str, ...]:
+    """The function a chat completions allowed_tools entry names: `{"type": "function",
+    "function": {"name": ...}}` (or `{"type": "function", "name": ...}`)."""
+    if entry.get("type", "function") != "function":
+        return ()  # namespaces are Responses API tools
+    function = entry.get("function") if isinstance(entry.get("function"), dict) else entry
+    if not isinstance(function.get("name"), str):
+        raise invalid_request(f"'{where}.function.name' must be a string.", param=f"{where}.function.name",
+                              code="invalid_type")
+    return (function["name"],)
 
 
 def _parse_tools(value: Any, param: str, read: Callable[[Any, str], ToolSpec]) -> tuple[ToolSpec, ...]:

@@ -14,9 +14,13 @@ from typing import Any, Protocol
 from core.errors import invalid_request
 from core.request.chat_request import INSTRUCTION_ROLES
 from core.request.content import content_text
+from core.request.files import FILE_PART_TYPES
 from core.request.tools import call_names, render_tool_call_turn, render_tool_result_turn
 
 Messages = list[dict[str, Any]]
+
+# The text of a user turn that holds only files (one, several): the files go with the turn.
+FILES_ONLY_QUERY = ("(See the attached file.)", "(See the attached files.)")
 
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
@@ -70,10 +74,23 @@ def last_user_index(messages: Messages) -> int:
     raise invalid_request("'messages' must contain a user message.", param="messages", code="invalid_value")
 
 
+def user_text(message: dict[str, Any]) -> str:
+    """A user turn's text; for a turn of files alone (image, file, audio parts), which Dify
+    would refuse with an empty query, a short note that points at them (FILES_ONLY_QUERY)."""
+    text = content_text(message.get("content")).strip()
+    if text:
+        return text
+    content = message.get("content")
+    files = sum(1 for part in content if isinstance(part, dict) and part.get("type") in FILE_PART_TYPES) \
+        if isinstance(content, list) else 0
+    return FILES_ONLY_QUERY[files > 1] if files else ""
+
+
 def latest_user_text(messages: Messages) -> str:
-    text = content_text(messages[last_user_index(messages)].get("content")).strip()
+    text = user_text(messages[last_user_index(messages)])
     if not text:
-        raise invalid_request("The last user message must contain text.", param="messages", code="invalid_value")
+        raise invalid_request("The last user message must contain text or a file.", param="messages",
+                              code="invalid_value")
     return text
 
 
@@ -92,7 +109,7 @@ def _turn_block(message: dict[str, Any], names: dict[str, str]) -> str:
     model was taught (core/request/tools.py), so it recognises its own calls."""
     role = message["role"]
     if role == "user":
-        return f"User:\n{content_text(message.get('content')).strip()}"
+        return f"User:\n{user_text(message)}"
     if role == "assistant":
         text = render_tool_call_turn(message).strip()
         return f"Assistant:\n{text}" if text else ""

@@ -18,6 +18,11 @@ replies too. The message id shows whether the history still ends where the Dify 
 ends: a regenerated answer or an edited earlier message branches off it, and Dify's service
 API cannot continue from an earlier message (it accepts no `parent_message_id`), so such a
 history starts a new conversation with the history folded in (engine/chat.py checks).
+
+Reading the ids back looks only at the last MAX_ID_DIGITS zero-width characters of a run, so
+its cost is linear in the message. Front ends in JavaScript often trim() a reply, which strips
+U+FEFF (the digit 3) from its end: an id that does not read as a UUID is read again with that
+digit put back.
 """
 
 from __future__ import annotations
@@ -46,6 +51,10 @@ _B64_VALUE = {char: value for value, char in enumerate(_ALPHABET)}
 # Digits in an encoding, modulo 8, by the number of `=` pads: 4k characters of which p are
 # padding give 2 * (4k - p) + p digits.
 _PADDING_BY_LENGTH = {0: 0, 7: 1, 6: 2}
+# The most digits one id is read from (75 bytes): a UUID takes 96 (48 base64 characters).
+MAX_ID_DIGITS = 200
+# The digit 3, which JavaScript's String.prototype.trim() takes for white space.
+_TRIMMED_DIGIT = DIGITS[3]
 
 
 def encode_id(conversation_id: str) -> str:
@@ -73,21 +82,42 @@ def _decode_digits(digits: str) -> str | None:
     return decoded if decoded.isprintable() and decoded else None
 
 
-def _trailing_id(text: str) -> tuple[str, int] | None:
-    """(id, index in `text` where its encoding starts) for the trailing run of zero-width
-    digits of `text` (trailing white space allowed), or None. A run may start with
-    zero-width characters that belong to the text itself, so shorter suffixes of the run are
-    tried too."""
-    text = text.rstrip()
-    start = len(text)
-    while start > 0 and text[start - 1] in _DIGIT_VALUE:
-        start -= 1
-    run = text[start:]
+def _readings(run: str, start: int) -> tuple[str, int] | None:
+    """The reading of `run` (zero-width digits found at `start`) as an id, or None. A run may
+    start with zero-width characters that belong to the text itself, so shorter suffixes of it
+    are tried too; Dify's ids are UUIDs, so a reading that is one wins, else the longest."""
     candidates = [(decoded, start + offset) for offset in range(len(run) - 5)
                   if (decoded := _decode_digits(run[offset:]))]
-    # Dify's ids are UUIDs: prefer a reading that is one.
     return next((candidate for candidate in candidates if is_conversation_id(candidate[0])), None) or (
         candidates[0] if candidates else None)
+
+
+def _trailing_id(text: str, end: int | None = None) -> tuple[str, int] | None:
+    """(id, index in `text` where its encoding starts) for the run of zero-width digits that
+    ends `text[:end]` (trailing white space allowed), or None.
+
+    Only the last MAX_ID_DIGITS digits of the run are read (Dify's ids, UUIDs, take 96; an id
+    of more than 75 bytes is not read), so a long run of zero-width text costs no more than a
+    short one: each reading decodes the rest of the run, and there is one per offset.
+
+    When the run does not read as a UUID, it is read again with one U+FEFF (the digit 3) after
+    it: JavaScript's trim() strips that character, so a front end that trims
+    the reply loses the last digit of an id that ends with it (only the last: an id's digit
+    before its last is never 3).
+    """
+    end = len(text) if end is None else end
+    while end > 0 and text[end - 1].isspace():
+        end -= 1
+    start, limit = end, max(0, end - MAX_ID_DIGITS)
+    while start > limit and text[start - 1] in _DIGIT_VALUE:
+        start -= 1
+    run = text[start:end]
+    found = _readings(run, start)
+    if found is None or not is_conversation_id(found[0]):
+        restored = _readings(run + _TRIMMED_DIGIT, start)
+        if restored is not None and is_conversation_id(restored[0]):
+            return restored
+    return found
 
 
 def decode_id(text: str) -> str | None:
@@ -109,7 +139,7 @@ def _reply_ids(text: str) -> tuple[str, str | None, int] | None:
         return None
     conversation_id, start = found
     if start and text[start - 1] == ZERO_WIDTH_SEPARATOR:
-        before = _trailing_id(text[:start - 1])
+        before = _trailing_id(text, start - 1)
         if before is not None and is_conversation_id(before[0]):
             return conversation_id, before[0], before[1]
     return conversation_id, None, start
