@@ -160,7 +160,7 @@ SETTINGS: tuple[Setting, ...] = (
             "comma list of Dify app keys; each app is one model",
             "app-xxxxxxxxxxxxxxxxxxxxxxxx,app-yyyyyyyyyyyyyyyyyyyyyyyy"),
     Setting("TIMEOUT", "timeout", number(1), 30.0,
-            "seconds: Dify connect timeout and longest silence between stream bytes"),
+            "seconds: Dify connect timeout, longest silence between stream bytes, longest write to a client"),
     Setting("APP_INFO_TTL", "app_info_ttl", number(1), 300.0,
             "seconds an app's /info and /parameters are cached"),
     # Clients

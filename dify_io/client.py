@@ -13,7 +13,7 @@ from urllib.parse import urlencode, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import NameResolutionError, NewConnectionError
+from urllib3.exceptions import NameResolutionError, NewConnectionError, ReadTimeoutError
 from urllib3.util.retry import Retry
 
 from core.errors import OpenAIError, from_dify_error, upstream_failure, upstream_timeout, upstream_unreachable
@@ -78,16 +78,20 @@ class DifyClient:
         except requests.exceptions.RequestException as exc:
             raise upstream_unreachable(f"{method} {path} failed ({type(exc).__name__})") from None
         if response.status_code >= 300:
-            raise _error_from_response(response, path)
+            raise _error_from_response(response, method, path)
         if not stream:
-            _ = response.content  # read to the end, so the connection goes back to the pool
+            try:
+                _ = response.content  # read to the end, so the connection goes back to the pool
+            except requests.exceptions.RequestException as exc:
+                response.close()
+                raise _read_failure(exc, method, path) from None
         return response
 
     def get_json(self, app_key: str, path: str) -> dict[str, Any]:
         response = self._request("GET", app_key, path)
         try:
             data = response.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: JSON nested too deep to decode
             raise upstream_failure(f"Dify answered {path} with a body that is not JSON") from None
         if not isinstance(data, dict):
             raise upstream_failure(f"Dify answered {path} with unexpected JSON")
@@ -133,7 +137,7 @@ class DifyClient:
                                  files={"file": (upload.filename, upload.data, upload.mime_type)})
         try:
             value = response.json().get(field)
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             value = None
         if not isinstance(value, str):
             raise upstream_failure(f"Dify answered {path} without {field!r}")
@@ -163,12 +167,23 @@ def _never_connected(error: requests.exceptions.ConnectionError) -> bool:
     return isinstance(reason, NewConnectionError | NameResolutionError)
 
 
-def _error_from_response(response: requests.Response, path: str) -> OpenAIError:
+def _read_failure(error: requests.exceptions.RequestException, method: str, path: str) -> OpenAIError:
+    """Dify's answer broke off, or went silent for TIMEOUT, while its body was read (requests
+    wraps urllib3's read timeout in a ConnectionError). The call reached Dify: no retry."""
+    if isinstance(error, requests.exceptions.Timeout) or any(isinstance(arg, ReadTimeoutError) for arg in error.args):
+        return upstream_timeout(f"{method} {path} (its body)")
+    return upstream_failure(f"the connection to Dify broke while it answered {method} {path}", 502,
+                            "upstream_disconnected", retry=False)
+
+
+def _error_from_response(response: requests.Response, method: str, path: str) -> OpenAIError:
     status = response.status_code
     try:
         body = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON (requests' JSONDecodeError is a ValueError too)
         body = None
+    except requests.exceptions.RequestException as exc:
+        return _read_failure(exc, method, path)
     finally:
         response.close()
     if body is None:

@@ -5,11 +5,15 @@ output pipeline, and hands out batches of output items (core/items.py): several 
 that arrived together become one batch (one client write). While Dify is silent it hands out
 a keep-alive item every KEEPALIVE_INTERVAL. When the relay is closed before Dify finished
 (client gone, upstream fault, stop sequence, deadline) the upstream connection is dropped
-and the run's task is stopped, in the background.
+and the run's task is stopped, in the background; when Dify has not named the task yet (its
+headers come with its first event), the background first reads on until it does, at most
+TIMEOUT. An unexpected exception while decoding or translating ends the answer with an error
+item (502), as a fault of Dify's would.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -18,7 +22,7 @@ from typing import Any
 import gevent
 from gevent.queue import Queue
 
-from core.errors import OpenAIError, upstream_timeout
+from core.errors import OpenAIError, upstream_failure, upstream_timeout
 from core.items import ERROR, PING, PING_ITEM, Item
 from core.response.pipeline import OutputPipeline
 from core.response.smooth import SmoothPacer
@@ -28,6 +32,8 @@ from dify_io.client_watch import ClientWatch
 from dify_io.request_context import spawn
 from dify_io.run import DifyRun
 from dify_io.upstream import UpstreamStream
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -73,11 +79,6 @@ class Relay:
             return self._pipeline.process(items) if self._pipeline else items
         try:
             events = self._upstream.read(min(timeout, remaining))
-        except OpenAIError as exc:
-            self._done = True
-            metrics.upstream_error(exc)
-            items = [(ERROR, exc)]
-        else:
             if events is None:
                 items = self.translator.feed_eof()
             elif not events:
@@ -92,6 +93,14 @@ class Relay:
                     items += feed(event)
                     if self.translator.finished:
                         break
+        except OpenAIError as exc:
+            self._done = True
+            metrics.upstream_error(exc)
+            items = [(ERROR, exc)]
+        except Exception:  # a bug decoding or translating must end the answer with an error, not cut it
+            self._done = True
+            return [(ERROR, _relay_failure())]
+        else:
             if self.translator.finished:
                 self._done = True
                 for kind, value in items:  # Dify's own `error` event, or a failed workflow
@@ -99,7 +108,11 @@ class Relay:
                         metrics.upstream_error(value)
         if not self._pipeline or not items:
             return items
-        items = self._pipeline.process(items)
+        try:
+            items = self._pipeline.process(items)
+        except Exception:
+            self._done = True
+            return [(ERROR, _relay_failure())]
         if self._pipeline.ended:
             self._done = True  # a stop sequence: close() stops the Dify task
         return items
@@ -167,11 +180,31 @@ class Relay:
         if self._watch:
             self._watch.close()
             self._watch = None
-        finished = self.translator.finished
-        self._upstream.close(finished)
-        task_id = self.translator.task_id
-        if not finished and task_id:
-            spawn(self._run.stop, task_id)
+        finished, task_id = self.translator.finished, self.translator.task_id
+        if finished or task_id or self._upstream.ended:
+            self._upstream.close(finished)
+            if not finished and task_id:
+                spawn(self._run.stop, task_id)
+        else:
+            spawn(self._stop_once_named)  # Dify has not named its task yet
+
+    def _stop_once_named(self) -> None:
+        """In the background: read on until Dify names the task (at most TIMEOUT), stop it with
+        the run's user, then drop the connection."""
+        try:
+            task_id = self._upstream.first_task_id()
+            if task_id:
+                self._run.stop(task_id)
+        finally:
+            self._upstream.close(False)
+
+
+def _relay_failure() -> OpenAIError:
+    """The error for an unexpected exception (being handled) while relaying: logged, counted."""
+    log.exception("relaying Dify's answer failed")
+    error = upstream_failure("the gateway failed to relay Dify's answer", 502)
+    metrics.upstream_error(error)
+    return error
 
 
 def prefetch_all(relays: list[Relay], wait: float) -> list[list[Item]]:
@@ -238,6 +271,8 @@ class MergedBatches:
         try:
             while (batch := relay.next_batch()) is not None:
                 self._arrivals.put((index, batch))
+        except Exception:  # this choice must end with an error, not silently
+            self._arrivals.put((index, [(ERROR, _relay_failure())]))
         finally:
             self._arrivals.put((index, None))
 

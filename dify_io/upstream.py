@@ -129,6 +129,30 @@ class UpstreamStream:
             self._opener = None  # with the requests.Response it holds: a held stream keeps neither
         return self._body.read()
 
+    @property
+    def ended(self) -> bool:
+        """Dify's body ended, or failed: nothing more will come."""
+        return self._ended
+
+    def first_task_id(self) -> str | None:
+        """For a stream closed before Dify named its task (the client left while Dify's headers,
+        which come with its first event, were not in yet, or that event was not read yet): read
+        on, at most TIMEOUT s, until an event names the task; None if none did in time. Run in
+        the background, after the relay's own reading stopped."""
+        deadline = time.monotonic() + self._silence_limit
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                events = self.read(left)
+                if events is None:
+                    return None
+                for event in events:
+                    task_id = event.get("task_id")
+                    if isinstance(task_id, str) and task_id:
+                        return task_id
+        except OpenAIError:
+            pass  # refused, broken or silent: there is nothing to stop, or no way to name it
+        return None
+
     def close(self, finished: bool) -> None:
         """Release the upstream connection.
 
@@ -245,7 +269,7 @@ class DifyBody:
             return exc.content
         except TimeoutError:
             raise upstream_timeout("no data from Dify within TIMEOUT seconds") from None
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a reader closed under it ("read of closed file")
             raise upstream_failure("the connection to Dify broke mid-stream", 502, "upstream_disconnected") from None
 
     def _recv(self, wait: bool) -> bytes | None:

@@ -1,14 +1,16 @@
 """The shared tail of every answering route: an engine Answer rendered as one JSON body, or
-as an SSE stream whose end (or the client leaving) closes the answer's Dify runs; either
-names its Dify conversation in the X-Dify-Conversation-Id header."""
+as an SSE stream whose end (or the client leaving, or reading nothing for TIMEOUT) closes the
+answer's Dify runs; either names its Dify conversation in the X-Dify-Conversation-Id header."""
 
 from __future__ import annotations
 
-from flask import Response, jsonify
+from flask import Response, jsonify, request
 
 from core.response.render import ResponseShape, collect, sse_body
+from dify_io.client_watch import WriteLimit
 from edge import observe
 from edge.event_stream import event_stream
+from edge.wiring import current_gateway
 from engine.answer import Answer
 
 # Names the Dify conversation of an answer (and, in a request, the one to continue).
@@ -24,5 +26,12 @@ def respond(answer: Answer, shape: ResponseShape, stream: bool, include_usage: b
         response = jsonify(shape.body(collectors, usage))
         response.headers.update(headers)
         return response
-    return event_stream(sse_body(answer.next, shape.encoders(), include_usage, answer.close, answer.take_first()),
-                        headers)
+    response = event_stream(sse_body(answer.next, shape.encoders(), include_usage, answer.close,
+                                      answer.take_first()), headers)
+    client = request.environ.get("gunicorn.socket")
+    if client is not None:
+        # A write that cannot go out within TIMEOUT (the client reads nothing) ends the stream.
+        writes = WriteLimit(client, current_gateway().settings.timeout)
+        answer.bound_writes(writes)
+        response.call_on_close(writes.disarm)  # after the last write (gunicorn's end of the chunks)
+    return response

@@ -4,7 +4,8 @@ By the time an `Answer` exists every run has delivered its first items or waited
 FIRST_EVENT_WAIT for them, and none was refused: a failure before the first token was
 raised instead, so the client gets a real HTTP status. `first` holds what arrived before
 that point (`take_first()`), `next()` waits for the rest, `close()` ends every run (called by the rendering
-when it is done or the client left).
+when it is done or the client left). A stream's writes to the client are bounded
+(`bound_writes`): a client that stops reading ends its stream as one that left.
 
 The Answer also sees every item it hands to the rendering, so it knows when the first output
 (an item that is neither a keep-alive nor an error) went out, for the time to first token
@@ -20,11 +21,13 @@ from collections.abc import Callable
 from core.items import ERROR, PING, USAGE_KEYS, Item
 from core.response.render import add_usage
 from dify_io import metrics
+from dify_io.client_watch import WriteLimit
 from dify_io.relay import MergedBatches, Relay
 
 
 class Answer:
-    __slots__ = ("_relays", "_batches", "_first", "conversation_id", "message_id", "on_first_output", "_failed")
+    __slots__ = ("_relays", "_batches", "_first", "conversation_id", "message_id", "on_first_output", "_failed",
+                 "_writes")
 
     def __init__(self, relays: list[Relay], prefetched: list[list[Item]], conversation_id: str | None = None,
                  message_id: str | None = None) -> None:
@@ -36,6 +39,7 @@ class Answer:
         # Called once, with time.perf_counter(), when the first output is handed to the rendering.
         self.on_first_output: Callable[[float], None] | None = None
         self._failed = False  # an ERROR item was handed out: the rendering ends there
+        self._writes: WriteLimit | None = None  # bounds the rendering's writes to the client (streams)
 
     def dify_ids(self) -> tuple[str | None, str | None] | None:
         """(conversation id, message id) of the first choice as Dify's first event named them,
@@ -54,11 +58,23 @@ class Answer:
             self._handed_out(items)
         return first
 
+    def bound_writes(self, writes: WriteLimit) -> None:
+        """Bound every write of the rendering (a stream's): `writes` is armed from now to the
+        first `next()`, and again from each `next()`'s return to the following call (the write of
+        what it returned). The rendering disarms it for good once the body is closed."""
+        self._writes = writes
+        writes.arm()
+
     def next(self) -> tuple[int, list[Item]] | None:
         """Waits for the next (choice index, items); None at the end."""
+        writes = self._writes
+        if writes is not None:
+            writes.disarm()  # asked for more: the last write went out
         batch = self._batches.next()
         if batch is not None:
             self._handed_out(batch[1])
+        if writes is not None:
+            writes.arm()  # the write of this batch, or at the end of the stream's ending
         return batch
 
     def _handed_out(self, items: list[Item]) -> None:

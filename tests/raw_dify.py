@@ -8,8 +8,10 @@ test chose for the call that runs an app (`POST /chat-messages`, `/completion-me
 
 By default it serves one chat app whatever the key; `apps` gives each app key its own
 `/info` (name and mode). `answer` may also be a list of pieces: each is sent on its own
-(TCP_NODELAY, `pause` seconds apart) so that the gateway meets them as separate reads.
-Every request is recorded in `calls`.
+(TCP_NODELAY, `pause` seconds apart) so that the gateway meets them as separate reads; a
+`threading.Event` among them holds the rest of the answer until the test sets it. `stop_answer`,
+when set, is the raw response to the stop calls (by default a JSON success). Every request is
+recorded in `calls`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from dataclasses import dataclass
 
 APP_INFO = {"name": "raw-chat", "description": "", "tags": [], "mode": "chat", "author_name": "test"}
 PARAMETERS = {"opening_statement": "", "user_input_form": [], "file_upload": {}, "system_parameters": {}}
+# The longest a held answer waits for its test (which fails long before).
+HOLD_LIMIT = 120.0
 
 
 def sse_events(answer_words: list[str]) -> bytes:
@@ -85,6 +89,7 @@ class RawDify:
         self.answer: bytes | list[bytes] = b""
         self.pause = 0.0  # seconds between two pieces of a list `answer`
         self.close_after = False  # close the connection after the answer, whatever its headers say
+        self.stop_answer: bytes | None = None  # the raw response to stop calls (None: a JSON success)
         self.apps: dict[str, dict] = {}  # app key -> its /info (others get APP_INFO)
         self.calls: list[Call] = []
         self.connections = 0
@@ -117,7 +122,12 @@ class RawDify:
                 self._record(call)
                 route = call.path.split("?", 1)[0]
                 if route.endswith("/stop"):
-                    conn.sendall(json_response({"result": "success"}))
+                    if self.stop_answer is None:
+                        conn.sendall(json_response({"result": "success"}))
+                    else:
+                        conn.sendall(self.stop_answer)
+                        if b"Connection: close" in self.stop_answer:
+                            return
                 elif route.endswith("/info"):
                     conn.sendall(json_response(self.apps.get(call.key, APP_INFO)))
                 elif route.endswith("/parameters"):
@@ -136,9 +146,13 @@ class RawDify:
         pieces = [answer] if isinstance(answer, bytes) else answer
         try:
             for number, piece in enumerate(pieces):
+                if isinstance(piece, threading.Event):
+                    piece.wait(HOLD_LIMIT)  # held until the test sets it
+                    continue
                 if number and pause:
                     time.sleep(pause)  # the pieces reach the gateway as separate reads
                 conn.sendall(piece)
         except OSError:
             return False  # the gateway stopped reading (an answer it no longer wanted)
-        return not self.close_after and b"Connection: close" not in b"".join(pieces)
+        sent = b"".join(piece for piece in pieces if isinstance(piece, bytes))
+        return not self.close_after and b"Connection: close" not in sent

@@ -76,8 +76,9 @@ def test_keepalive_comments_while_dify_is_silent(http):
 
 def test_headers_are_sent_while_dify_has_not_answered_yet(start_gateway, recorded):
     """Dify sends nothing at all (not even its headers) until the call is dropped: the client
-    still gets the headers and the opening chunk, after FIRST_EVENT_WAIT."""
-    gateway = start_gateway(FIRST_EVENT_WAIT="0.3")
+    still gets the headers and the opening chunk, after FIRST_EVENT_WAIT. Once the client left,
+    the call waits in the background for Dify to name its task, at most TIMEOUT (2 s here)."""
+    gateway = start_gateway(FIRST_EVENT_WAIT="0.3", TIMEOUT="2")
     before = set(recorded.streams()["active_tasks"])
     with requests.post(gateway.base_url + "/chat/completions", stream=True, timeout=30,
                        headers={"Authorization": "Bearer sk-opendify-test"},
@@ -86,7 +87,7 @@ def test_headers_are_sent_while_dify_has_not_answered_yet(start_gateway, recorde
         first = next(line for line in response.iter_lines(decode_unicode=True) if line)
         assert json.loads(first[6:])["choices"][0]["delta"] == {"role": "assistant", "content": ""}
         [task_id] = wait_for(lambda: set(recorded.streams()["active_tasks"]) - before, "the Dify run")
-    wait_for(lambda: task_id not in recorded.streams()["active_tasks"], "the Dify call dropped with the client")
+    wait_for(lambda: task_id not in recorded.streams()["active_tasks"], "the Dify call dropped after the client left")
 
 
 @pytest.mark.parametrize(("body", "param"), [

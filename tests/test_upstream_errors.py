@@ -167,9 +167,10 @@ def test_finished_streams_call_no_stop(client, recorded):
 
 @pytest.mark.parametrize("n", [1, 2])
 def test_client_gone_before_dify_answered_cancels_the_calls_cleanly(start_gateway, recorded, n):
-    """The client leaves after the stream was committed (pings) but before Dify's headers:
-    the calls in flight are dropped, nothing fails in the worker, and it serves on."""
-    gateway = start_gateway(FIRST_EVENT_WAIT="0.3", KEEPALIVE_INTERVAL="0.2")
+    """The client leaves after the stream was committed (pings) but before Dify's headers: the
+    calls in flight wait in the background for Dify to name its task, and are dropped when it
+    stays silent for TIMEOUT (2 s here); nothing fails in the worker, and it serves on."""
+    gateway = start_gateway(FIRST_EVENT_WAIT="0.3", KEEPALIVE_INTERVAL="0.2", TIMEOUT="2")
     workers = gateway.worker_pids()
     before = set(recorded.streams()["active_tasks"])
     body = {**chat_body("late", first_delay_ms=600_000), "n": n}  # Dify sends nothing until the call is dropped

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 import requests
 
 from tests.conftest import CLIENT_KEY
+from tests.scenarios import EVENT_WAIT, running_dify_answer, wait_for
 from tests.test_http_surface import assert_openai_error, chat_body, read_sse
 
 HEADERS = {"Authorization": f"Bearer {CLIENT_KEY}"}
@@ -108,3 +110,115 @@ def test_keys_never_reach_the_logs(start_gateway):
     assert "POST /v1/chat/completions" in log  # the access log is on
     for secret in ("app-demo-chat", CLIENT_KEY, "sk-wrong-key", "Bearer"):
         assert secret not in log
+
+
+# --- a raw fake Dify (tests/raw_dify.py): bodies that break off, and events of the wrong shape ------
+
+SSE_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+IDS = {"conversation_id": "3c1e0b6a-5a1f-4b7e-9a43-0f6f0c2d9a11", "message_id": "f2b8f2d6-1c0e-4c5e-8a9f-2f6b1d7e3c44",
+       "task_id": "9d3c2b1a-7e6f-4d5c-8b9a-0e1f2a3b4c5d"}
+
+
+@pytest.fixture(scope="module")
+def raw_gateway(raw_dify, start_gateway):
+    return start_gateway(DIFY_API_BASE=raw_dify.base_url, DIFY_API_KEYS="app-raw", TIMEOUT="2", SMOOTH_OUTPUT="off")
+
+
+@pytest.fixture
+def dify(raw_dify):
+    """The raw fake Dify, put back as it was after the test."""
+    yield raw_dify
+    raw_dify.pause, raw_dify.close_after, raw_dify.stop_answer = 0.0, False, None
+
+
+def sse(*events: dict) -> bytes:
+    return b"".join(b"data: " + json.dumps({**IDS, **event}).encode() + b"\n\n" for event in events)
+
+
+def with_length(body: bytes) -> bytes:
+    return SSE_HEAD + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+def raw_ask(gateway, stream: bool, **body) -> requests.Response:
+    return post(gateway, {"model": "raw-chat", "stream": stream, "messages": [{"role": "user", "content": "hi"}],
+                          **body}, stream=stream)
+
+
+def raw_outcome(gateway, stream: bool) -> tuple[str, dict | None]:
+    """(the answer text, the error event or None) of a request that got 200."""
+    response = raw_ask(gateway, stream)
+    assert response.status_code == 200, response.text
+    if not stream:
+        return response.json()["choices"][0]["message"]["content"], None
+    lines = read_sse(response)
+    assert lines[-1] == "data: [DONE]"
+    payloads = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
+    text = "".join(p["choices"][0]["delta"].get("content") or "" for p in payloads if p.get("choices"))
+    return text, payloads[-1].get("error")
+
+
+ERROR_HEAD = b"HTTP/1.1 400 BAD REQUEST\r\nContent-Type: application/json\r\nContent-Length: 120\r\n"
+CUT_ERROR_BODY = b'{"code": "invalid_param", "message": "the qu'
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "json"])
+def test_a_refusal_whose_body_breaks_off_is_502(raw_gateway, dify, stream):
+    """Dify's error body ends (the connection closes) before its Content-Length."""
+    dify.answer = ERROR_HEAD + b"Connection: close\r\n\r\n" + CUT_ERROR_BODY
+    response = raw_ask(raw_gateway, stream)
+    assert_openai_error(response, 502, "upstream_disconnected")
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "json"])
+def test_a_refusal_whose_body_goes_silent_is_504(raw_gateway, dify, stream):
+    """Dify's error body stops coming (TIMEOUT is 2 s here) and the connection stays open."""
+    silent = threading.Event()
+    dify.answer = [ERROR_HEAD + b"\r\n" + CUT_ERROR_BODY, silent]
+    try:
+        assert_openai_error(raw_ask(raw_gateway, stream), 504, "upstream_timeout")
+    finally:
+        silent.set()
+
+
+def test_a_stop_call_whose_answer_breaks_off_is_a_warning(raw_gateway, dify):
+    """The stop call is made in the background: its failure is logged as a warning, and its
+    greenlet does not die with a traceback."""
+    dify.answer, task_id = running_dify_answer(["one ", "two ", "three ", "four "])
+    dify.pause = 0.05  # each word in its own read: the stop sequence cuts a running answer
+    dify.stop_answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n" \
+                       b"Connection: close\r\n\r\n{\"res"
+    seen = len(raw_gateway.output())
+    response = raw_ask(raw_gateway, False, stop=["three"])
+    assert response.json()["choices"][0]["message"]["content"] == "one two "
+    stop_path = f"/v1/chat-messages/{task_id}/stop"
+    assert dify.wait_for(lambda calls: any(call.path == stop_path for call in calls), EVENT_WAIT)
+    warning = f"stop call /chat-messages/{task_id}/stop failed"
+    wait_for(lambda: warning in raw_gateway.output()[seen:], "the stop call's warning")
+    log = raw_gateway.output()[seen:]
+    assert "WARNING" in log and "Traceback" not in log and "ChunkedEncodingError" not in log
+
+
+END = {"event": "message_end", "metadata": {"usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}}}
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "json"])
+def test_a_data_line_nested_too_deep_to_decode_is_skipped(raw_gateway, dify, stream):
+    """~200 KB of nested arrays: the JSON decoder gives up (RecursionError) on a line that is
+    not an event anyway; it is skipped like any other undecodable line."""
+    nested = b"data: " + b"[" * 100_000 + b"]" * 100_000 + b"\n\n"
+    dify.answer = with_length(nested + sse({"event": "message", "answer": "Hello"}, END))
+    assert raw_outcome(raw_gateway, stream) == ("Hello", None)
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "json"])
+def test_events_whose_data_is_not_an_object_count_as_having_none(raw_gateway, dify, stream):
+    """text_chunk, text_replace and workflow_finished carry an object in `data`, message_end one
+    in `metadata`; anything else there is as if it were absent. Each comes in a read of its own,
+    most after the first text went out (a replacement without text, before any, changes nothing)."""
+    events = [{"event": "text_replace", "data": [1]}, {"event": "message", "answer": "Hello"},
+              {"event": "text_chunk", "data": "x"}, {"event": "workflow_finished", "data": "done"},
+              {"event": "message", "answer": " world"}, {"event": "message_end", "metadata": [1]}]
+    body = sse(*events)
+    dify.answer = [SSE_HEAD + b"Content-Length: %d\r\n\r\n" % len(body)] + [sse(event) for event in events]
+    dify.pause = 0.05
+    assert raw_outcome(raw_gateway, stream) == ("Hello world", None)

@@ -86,3 +86,34 @@ def test_a_body_cut_short_of_its_length_is_an_error(raw_dify, raw_gateway):
     raw_dify.answer = SSE_HEAD + b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(EVENTS) + EVENTS[:cut]
     text, error = streamed(ask(raw_gateway, stream=True))
     assert text == "Hello " and error["code"] == "upstream_disconnected"
+
+
+def event_pieces(framing: bytes) -> list[bytes]:
+    """EVENTS one event a piece, each piece chunk-framed when `framing` is chunked."""
+    events = [event + b"\n\n" for event in EVENTS.split(b"\n\n") if event]
+    if b"chunked" not in framing:
+        return events
+    return [b"%x\r\n%s\r\n" % (len(event), event) for event in events] + [b"0\r\n\r\n"]
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "json"])
+@pytest.mark.parametrize("head", [
+    SSE_HEAD + b"Connection: close\r\n\r\n",  # the body ends when the connection closes
+    SSE_HEAD + b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(EVENTS),
+    SSE_HEAD + b"Connection: close\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"HTTP/1.0 200 OK\r\nContent-Type: text/event-stream\r\n\r\n",  # HTTP/1.0: no keep-alive either
+], ids=["until-close", "content-length", "chunked", "http-1.0"])
+def test_an_answer_on_a_connection_dify_will_close_is_read_in_many_pieces(raw_dify, raw_gateway, head, stream):
+    """http.client hands such a body its own reader; every event comes in a read of its own, so
+    the body is read many times after the requests and urllib3 response objects were let go."""
+    raw_dify.answer = [head, *event_pieces(head)]
+    raw_dify.pause, raw_dify.close_after = 0.05, True  # separate reads, then the connection closes
+    try:
+        response = ask(raw_gateway, stream=stream)
+        if stream:
+            assert streamed(response) == ("Hello wide world", None)
+        else:
+            assert response.status_code == 200, response.text
+            assert response.json()["choices"][0]["message"]["content"] == "Hello wide world"
+    finally:
+        raw_dify.pause, raw_dify.close_after = 0.0, False

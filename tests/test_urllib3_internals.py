@@ -49,6 +49,25 @@ def test_detach_gives_the_message_the_connection_and_the_way_back_to_the_pool(ra
     assert raw_dify.connections == 1
 
 
+def test_after_detach_closing_the_responses_closes_nothing_the_reader_needs(raw_dify):
+    """Dify will close the connection: the body is read through http.client's response, which
+    urllib3's response (or its finalizer) must no longer close."""
+    raw_dify.answer = CHUNKED.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
+    response = requests.post(raw_dify.base_url + "/chat-messages", json={}, stream=True, timeout=10)
+    body = detach(response)
+    assert body.message.will_close is True
+    assert response.raw.closed
+    response.close()
+    del response
+    assert not body.message.isclosed()  # (http.client handed the socket to it: connection.sock is None)
+    content = b""
+    while b"0\r\n\r\n" not in content:
+        content += body.message.fp.read1(65536)
+    assert content.startswith(b"5\r\nhello")
+    body.message.close()
+    body.connection.close()
+
+
 def test_a_changed_urllib3_fails_by_name():
     class Changed:
         raw = type("Raw", (), {"connection": None})()

@@ -66,6 +66,6 @@ class SSEDecoder:
 def _decode_data(payload: bytes) -> dict[str, Any] | None:
     try:
         event = simplejson.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep to decode
         return None
     return event if isinstance(event, dict) else None

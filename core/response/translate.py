@@ -92,6 +92,11 @@ def sources_text(citations: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _object(value: Any) -> dict[str, Any]:
+    """An event's `data` or `metadata` object; anything else there counts as absent."""
+    return value if isinstance(value, dict) else {}
+
+
 def _dify_id(value: Any) -> str | None:
     """An id as Dify writes them (a UUID), or at least a string a response header can carry."""
     return value if isinstance(value, str) and value and value.isascii() and value.isprintable() else None
@@ -166,11 +171,11 @@ class DifyEventTranslator:
         if name == "reasoning_chunk":
             return self._reasoning_chunk(event.get("data"))
         if name == "text_chunk":  # workflow apps stream End-node text this way
-            return self._text(name, (event.get("data") or {}).get("text"))
+            return self._text(name, _object(event.get("data")).get("text"))
         if name == "text_replace":
-            return self._replace((event.get("data") or {}).get("text"))
+            return self._replace(_object(event.get("data")).get("text"))
         if name == "message_end":
-            metadata = event.get("metadata") or {}
+            metadata = _object(event.get("metadata"))
             self.usage = usage_from_dify(metadata.get("usage"))
             return self._thoughts_left() + self._cited(metadata.get("retriever_resources")) + self._end("stop")
         if name == "error":
@@ -189,7 +194,7 @@ class DifyEventTranslator:
             # pair whose task_id is the workflow run id (docs/dify.md 4.4, 4.6).
             task_id = event.get("task_id")
             pre_run = bool(task_id) and task_id == event.get("workflow_run_id")
-            return self._workflow_finished(event.get("data") or {}, pre_run)
+            return self._workflow_finished(_object(event.get("data")), pre_run)
         return []
 
     def _text(self, name: str | None, answer: Any) -> list[Item]:
