@@ -2,7 +2,9 @@
 
 The first piece is read before the response is committed: when Dify sent its headers but
 fails before any audio, the client gets an HTTP error with a JSON body (502, or 504 when Dify
-went silent), not a cut connection that SDKs would retry. The client is watched while Dify is
+went silent), not a cut connection that SDKs would retry. Each write to the client is bounded
+by TIMEOUT (dify_io/client_watch.py `WriteLimit`): a client that reads nothing ends the relay as
+one that left. The client is watched while Dify is
 silent (dify_io/client_watch.py): when it leaves, Dify's socket is shut down, which ends the
 wait in `recv` at once, and the connection is dropped. When Dify fails halfway, the client's
 connection is cut too, so that the client sees a truncated body, never a complete-looking but
@@ -22,28 +24,41 @@ from urllib3.exceptions import ReadTimeoutError
 
 from core.errors import upstream_failure, upstream_timeout
 from dify_io import metrics
-from dify_io.client_watch import ClientWatch
+from dify_io.client_watch import ClientWatch, WriteLimit
 
 log = logging.getLogger(__name__)
 
 
-def relay_body(response: requests.Response, client_socket: Any, chunk_size: int) -> Iterator[bytes]:
+def relay_body(response: requests.Response, client_socket: Any, chunk_size: int,
+               write_seconds: float) -> Iterator[bytes]:
     """The body of `response` in pieces of at most `chunk_size` bytes; closes `response` at
     the end, or when the iterator is closed. Its first piece is read here: a failure before
-    any audio is raised as an OpenAIError."""
+    any audio is raised as an OpenAIError. Each write of a piece may take `write_seconds`."""
     body = _relay(response, client_socket, chunk_size)
     try:
         first = next(body)
     except StopIteration:
         return iter(())  # an empty body, or the client left
-    return _after(first, body)
+    return _after(first, body, WriteLimit(client_socket, write_seconds) if client_socket is not None else None)
 
 
-def _after(first: bytes, body: Generator[bytes, None, None]) -> Iterator[bytes]:
+def _after(first: bytes, body: Generator[bytes, None, None], writes: WriteLimit | None) -> Iterator[bytes]:
+    """The pieces, with `writes` armed while the server writes each one (from the yield until
+    the server asks for the next piece), never while Dify is read."""
     try:
-        yield first
-        yield from body
+        piece = first
+        while True:
+            if writes is not None:
+                writes.arm()
+            yield piece
+            if writes is not None:
+                writes.disarm()
+            piece = next(body)
+    except StopIteration:
+        return
     finally:
+        if writes is not None:
+            writes.disarm()
         body.close()
 
 

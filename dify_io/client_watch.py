@@ -98,4 +98,4 @@ class WriteLimit:
             pass
         finally:
             stuck.detach()
-        log.info("the client read nothing for %g s: its stream ends as if it had left", self._seconds)
+        log.info("the client read nothing for %g s: its answer ends as if it had left", self._seconds)

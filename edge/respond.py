@@ -25,13 +25,22 @@ def respond(answer: Answer, shape: ResponseShape, stream: bool, include_usage: b
         usage = collect(answer.take_first(), answer.next, collectors, answer.close)
         response = jsonify(shape.body(collectors, usage))
         response.headers.update(headers)
+        writes = _write_limit()
+        if writes is not None:  # the body goes out in one write, which may take TIMEOUT
+            writes.arm()
+            response.call_on_close(writes.disarm)
         return response
     response = event_stream(sse_body(answer.next, shape.encoders(), include_usage, answer.close,
                                       answer.take_first()), headers)
-    client = request.environ.get("gunicorn.socket")
-    if client is not None:
+    writes = _write_limit()
+    if writes is not None:
         # A write that cannot go out within TIMEOUT (the client reads nothing) ends the stream.
-        writes = WriteLimit(client, current_gateway().settings.timeout)
         answer.bound_writes(writes)
         response.call_on_close(writes.disarm)  # after the last write (gunicorn's end of the chunks)
     return response
+
+
+def _write_limit() -> WriteLimit | None:
+    """A bound of TIMEOUT on writes to this request's client (none outside gunicorn)."""
+    client = request.environ.get("gunicorn.socket")
+    return None if client is None else WriteLimit(client, current_gateway().settings.timeout)

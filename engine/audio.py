@@ -33,7 +33,7 @@ def speak(gateway: Gateway, app: DifyApp, request: SpeechRequest, caller: Caller
     _require(app, request.model, "text_to_speech", "text to speech")
     response = gateway.dify.speak(app.key, caller.dify_user, request.text, request.voice)
     content_type = response.headers.get("Content-Type") or "audio/mpeg"
-    return relay_body(response, caller.client_socket, _AUDIO_CHUNK), content_type
+    return relay_body(response, caller.client_socket, _AUDIO_CHUNK, gateway.settings.timeout), content_type
 
 
 def _require(app: DifyApp, model: str, feature: str, name: str) -> None:

@@ -14,6 +14,7 @@ import threading
 import pytest
 import requests
 
+from tests import raw_dify as raw_dify_module
 from tests.conftest import CLIENT_KEY
 from tests.raw_dify import RawDify
 from tests.scenarios import EVENT_WAIT, raw_chat_request, running_dify_answer, user_message, wait_for
@@ -156,3 +157,82 @@ def test_the_write_limit_bounds_each_write_not_the_stream_nor_the_next_request(r
             assert json.loads(body)["choices"][0]["message"]["content"] == "one two"
     finally:
         raw_dify.pause = 0.0
+
+
+# --- answers that are not streams: a JSON body, speech ---------------------------------------------
+
+
+def never_reading_client(port: int, request: bytes) -> socket.socket:
+    """A client with a tiny receive window that sends `request` and then reads nothing."""
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)  # before connecting: the window stays small
+    client.connect(("127.0.0.1", port))
+    client.sendall(request)
+    return client
+
+
+def test_a_json_answer_to_a_client_that_reads_nothing_frees_its_slot(raw_dify, write_limited_gateway):
+    """The JSON body of an 8 MB answer to a client that reads nothing: its one write may take
+    TIMEOUT, then the connection ends and the admission slot (MAX_CONCURRENT_REQUESTS=1) serves
+    the next request."""
+    raw_dify.answer = pieces_of_a_whole_answer(("w" * 8000 + " ",) * 1000)
+    before = len(raw_dify.calls)
+    client = never_reading_client(write_limited_gateway.port, raw_chat_request(chat_body(stream=False)))
+    try:
+        assert raw_dify.wait_for(lambda calls: any(call.path == "/v1/chat-messages" for call in calls[before:]),
+                                 EVENT_WAIT), "the Dify call never came"
+        raw_dify.answer = pieces_of_a_whole_answer()
+
+        def next_request_served() -> bool:
+            reply = requests.post(write_limited_gateway.base_url + "/chat/completions", headers=HEADERS, timeout=30,
+                                  json=chat_body(stream=False))
+            if reply.status_code == 503:
+                return False  # the slot is still taken
+            assert reply.status_code == 200, reply.text
+            return reply.json()["choices"][0]["message"]["content"] == "one two"
+
+        wait_for(next_request_served, "the slot of the stuck JSON answer")
+        assert "Traceback" not in write_limited_gateway.output()
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def write_limited_speech(raw_dify, start_gateway):
+    """As write_limited_gateway, with text to speech on in the raw fake Dify's app."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(raw_dify_module.PARAMETERS, "text_to_speech", {"enabled": True})
+        yield start_gateway(DIFY_API_BASE=raw_dify.base_url, DIFY_API_KEYS="app-raw", TIMEOUT="2",
+                            MAX_CONCURRENT_REQUESTS="1")
+
+
+def speech_answer(size: int) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Type: audio/mpeg\r\nContent-Length: %d\r\n\r\n%s" % (size, b"\xff" * size)
+
+
+def test_speech_to_a_client_that_reads_nothing_frees_its_slot(raw_dify, write_limited_speech):
+    """8 MB of speech relayed to a client that reads nothing: a write that makes no progress for
+    TIMEOUT ends the relay, and the admission slot serves the next request."""
+    raw_dify.answer = speech_answer(8 * 1024 * 1024)
+    before = len(raw_dify.calls)
+    body = json.dumps({"model": "raw-chat", "input": "Hello", "voice": "alloy"}).encode()
+    head = b"POST /v1/audio/speech HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer %s\r\n" % CLIENT_KEY.encode()
+    request = head + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    client = never_reading_client(write_limited_speech.port, request)
+    try:
+        assert raw_dify.wait_for(lambda calls: any(call.path == "/v1/text-to-audio" for call in calls[before:]),
+                                 EVENT_WAIT), "the Dify call never came"
+        raw_dify.answer = speech_answer(3)
+
+        def next_request_served() -> bool:
+            reply = requests.post(write_limited_speech.base_url + "/audio/speech", headers=HEADERS, timeout=30,
+                                  json={"model": "raw-chat", "input": "Hi", "voice": "alloy"})
+            if reply.status_code == 503:
+                return False  # the slot is still taken
+            assert reply.status_code == 200, reply.text
+            return reply.content == b"\xff" * 3
+
+        wait_for(next_request_served, "the slot of the stuck speech")
+        assert "Traceback" not in write_limited_speech.output()
+    finally:
+        client.close()
