@@ -87,6 +87,11 @@ def _rate_limited(message: str, retry_after: str = "1") -> OpenAIError:
     )
 
 
+def _quota_exceeded(message: str) -> OpenAIError:
+    return OpenAIError(429, message, type="insufficient_quota", code="insufficient_quota",
+                       headers={"x-should-retry": "false"})
+
+
 # Dify codes whose meaning has a direct OpenAI counterpart. Anything else keeps Dify's code
 # and is classed by its status below.
 _QUOTA_CODES = {"provider_quota_exceeded", "insufficient_quota"}
@@ -119,8 +124,7 @@ def failure_from_message(message: str, text: str, retry_after: str = "1") -> Ope
     if "context length" in lowered or "maximum context" in lowered:
         return OpenAIError(400, text, param="messages", code="context_length_exceeded")
     if _QUOTA_TEXT.search(message):
-        error = OpenAIError(429, text, type="insufficient_quota", code="insufficient_quota",
-                            headers={"x-should-retry": "false"})
+        error = _quota_exceeded(text)
         error.upstream = True
         return error
     if _RATE_LIMIT_TEXT.search(message):
@@ -147,8 +151,7 @@ def _mapped_dify_error(status: int, body: Any, retry_after: str | None) -> OpenA
     ):
         return _rate_limited(text, retry_after or "1")
     if dify_code in _QUOTA_CODES:
-        return OpenAIError(429, text, type="insufficient_quota", code="insufficient_quota",
-                           headers={"x-should-retry": "false"})
+        return _quota_exceeded(text)
     if named := failure_from_message(message, text, retry_after or "1"):
         return named
     if status in (401, 403):

@@ -78,12 +78,13 @@ class Answer:
         return batch
 
     def _handed_out(self, items: list[Item]) -> None:
-        for kind, _ in items:
-            if kind == ERROR:
-                self._failed = True
-            elif kind != PING and self.on_first_output is not None:
-                notify, self.on_first_output = self.on_first_output, None
-                notify(time.perf_counter())
+        """Note an ERROR (the last item of its relay's batch: the relay ends there) and, until
+        it came, the first output; after that a batch costs one look at its last item."""
+        if items and items[-1][0] == ERROR:
+            self._failed = True
+        if self.on_first_output is not None and any(kind != PING and kind != ERROR for kind, _ in items):
+            notify, self.on_first_output = self.on_first_output, None
+            notify(time.perf_counter())
 
     def close(self) -> None:
         relays = self._relays

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.errors import OpenAIError, invalid_request
+from core.request.chat_request import optional_field, require_model
 from core.request.files import Upload
 from core.tolerant_json import compact
 
@@ -99,17 +100,11 @@ def dify_audio_mime(filename: str, mime_type: str | None) -> str | None:
 
 
 def parse_speech_request(body: Any) -> SpeechRequest:
-    if not isinstance(body, dict):
-        raise invalid_request("The request body must be a JSON object.", code="invalid_json")
-    model = body.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise invalid_request("You must provide a model parameter.", param="model", code="missing_required_parameter")
+    model = require_model(body)
     text = body.get("input")
     if not isinstance(text, str) or not text.strip():
         raise invalid_request("'input' must be the text to speak.", param="input", code="missing_required_parameter")
-    voice = body.get("voice")
-    if voice is not None and not isinstance(voice, str):
-        raise invalid_request("'voice' must be a string.", param="voice", code="invalid_type")
+    voice = optional_field(body, "voice", str, "a string")
     response_format = body.get("response_format") or "mp3"
     if response_format not in SPEECH_FORMATS:
         raise invalid_request(f"'response_format' {response_format!r} is not available: Dify speaks MP3 only.",
@@ -120,4 +115,4 @@ def parse_speech_request(body: Any) -> SpeechRequest:
                               "audio itself (stream_format 'audio'), not as SSE events.", param="stream_format",
                               code="unsupported_value")
     user = body.get("user") if isinstance(body.get("user"), str) else None
-    return SpeechRequest(model.strip(), text, voice or None, user)
+    return SpeechRequest(model, text, voice or None, user)

@@ -44,7 +44,19 @@ class ChatRequest:
     response_format: dict[str, Any] | None = None  # json_object / json_schema; None for text
 
 
-def _optional(body: dict[str, Any], name: str, kind: type | tuple[type, ...], label: str) -> Any:
+def require_model(body: Any, model: str | None = None) -> str:
+    """The model a request names (`model` from the path on legacy engine routes, else the
+    body's), stripped; the body must be a JSON object."""
+    if not isinstance(body, dict):
+        raise invalid_request("The request body must be a JSON object.", code="invalid_json")
+    model = model or body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise invalid_request("You must provide a model parameter.", param="model", code="missing_required_parameter")
+    return model.strip()
+
+
+def optional_field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], label: str) -> Any:
+    """`body[name]` if present (None otherwise); a value of another type is a 400 naming it."""
     value = body.get(name)
     if value is not None and not isinstance(value, kind):
         raise invalid_request(f"'{name}' must be {label}.", param=name, code="invalid_type")
@@ -74,11 +86,7 @@ def check_size(messages: list[dict[str, Any]], max_messages: int, max_chars: int
 
 def parse_chat_request(body: Any, model: str | None = None, limits: RequestLimits = DEFAULT_LIMITS) -> ChatRequest:
     """Check a /chat/completions body; `model` comes from the path on legacy engine routes."""
-    if not isinstance(body, dict):
-        raise invalid_request("The request body must be a JSON object.", code="invalid_json")
-    model = model or body.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise invalid_request("You must provide a model parameter.", param="model", code="missing_required_parameter")
+    model = require_model(body, model)
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise invalid_request("'messages' is a required property and must be an array.", param="messages",
@@ -87,12 +95,12 @@ def parse_chat_request(body: Any, model: str | None = None, limits: RequestLimit
         raise invalid_request("'messages' must contain at least one message.", param="messages", code="invalid_value")
     for index, message in enumerate(messages):
         _check_message(message, index)
-    stream = bool(_optional(body, "stream", bool, "a boolean"))
-    options = _optional(body, "stream_options", dict, "an object") or {}
-    user = _optional(body, "user", str, "a string")
-    inputs = _optional(body, "inputs", dict, "an object of Dify app inputs") or {}
+    stream = bool(optional_field(body, "stream", bool, "a boolean"))
+    options = optional_field(body, "stream_options", dict, "an object") or {}
+    user = optional_field(body, "user", str, "a string")
+    inputs = optional_field(body, "inputs", dict, "an object of Dify app inputs") or {}
     chat = ChatRequest(
-        model=model.strip(),
+        model=model,
         messages=messages,
         stream=stream,
         include_usage=stream and options.get("include_usage") is True,

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.errors import invalid_request
-from core.request.chat_request import RequestLimits, choice_count, stop_sequences
+from core.request.chat_request import RequestLimits, choice_count, require_model, stop_sequences
 
 
 @dataclass(frozen=True)
@@ -39,11 +39,7 @@ def _prompts(body: dict[str, Any]) -> list[str]:
 
 
 def parse_completion_request(body: Any, model: str | None, limits: RequestLimits) -> CompletionRequest:
-    if not isinstance(body, dict):
-        raise invalid_request("The request body must be a JSON object.", code="invalid_json")
-    model = model or body.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise invalid_request("You must provide a model parameter.", param="model", code="missing_required_parameter")
+    model = require_model(body, model)
     prompts = _prompts(body)
     if sum(map(len, prompts)) > limits.max_prompt_chars:
         raise invalid_request(f"'prompt' holds more than {limits.max_prompt_chars} characters (MAX_PROMPT_CHARS).",
@@ -67,6 +63,6 @@ def parse_completion_request(body: Any, model: str | None, limits: RequestLimits
     inputs = body.get("inputs") or {}
     if not isinstance(inputs, dict):
         raise invalid_request("'inputs' must be an object of Dify app inputs.", param="inputs", code="invalid_type")
-    return CompletionRequest(model=model.strip(), prompts=prompts, n=n, stream=stream,
+    return CompletionRequest(model=model, prompts=prompts, n=n, stream=stream,
                              include_usage=stream and options.get("include_usage") is True,
                              echo=body.get("echo") is True, user=user, inputs=inputs, stop=stop_sequences(body))

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from core.errors import OpenAIError, invalid_request
-from core.request.chat_request import ChatRequest, RequestLimits, check_size, json_format
+from core.request.chat_request import ChatRequest, RequestLimits, check_size, json_format, optional_field, require_model
 from core.request.content import content_text
 from core.request.tools import ToolRequest, ToolSpec, allowed_tools, read_function, tool_request
 from core.response_ids import continued_ids
@@ -58,11 +58,7 @@ class ResponsesRequest:
 
 
 def parse_responses_request(body: Any, limits: RequestLimits) -> ResponsesRequest:
-    if not isinstance(body, dict):
-        raise invalid_request("The request body must be a JSON object.", code="invalid_json")
-    model = body.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise invalid_request("You must provide a model parameter.", param="model", code="missing_required_parameter")
+    model = require_model(body)
     if body.get("conversation") is not None:
         raise invalid_request("'conversation' names a conversation stored by OpenAI's Conversations API, but "
                               "OpenDify stores none: continue with previous_response_id, or send the whole history "
@@ -74,12 +70,12 @@ def parse_responses_request(body: Any, limits: RequestLimits) -> ResponsesReques
         raise invalid_request("'input' must contain a user message or a function call output.", param="input",
                               code="invalid_value")
     continues = _continues(body.get("previous_response_id"))
-    user = _optional(body, "user", str, "a string")
-    inputs = _optional(body, "inputs", dict, "an object of Dify app inputs") or {}
+    user = optional_field(body, "user", str, "a string")
+    inputs = optional_field(body, "inputs", dict, "an object of Dify app inputs") or {}
     chat = ChatRequest(
-        model=model.strip(),
+        model=model,
         messages=messages,
-        stream=bool(_optional(body, "stream", bool, "a boolean")),
+        stream=bool(optional_field(body, "stream", bool, "a boolean")),
         include_usage=False,
         user=user.strip() or None if user else None,
         inputs=inputs,
@@ -89,13 +85,6 @@ def parse_responses_request(body: Any, limits: RequestLimits) -> ResponsesReques
     check_size(messages, limits.max_messages, limits.max_prompt_chars)
     echoed = {name: default if body.get(name) is None else body[name] for name, default in ECHOED.items()}
     return ResponsesRequest(chat, continues, echoed, namespaced)
-
-
-def _optional(body: dict[str, Any], name: str, kind: type, label: str) -> Any:
-    value = body.get(name)
-    if value is not None and not isinstance(value, kind):
-        raise invalid_request(f"'{name}' must be {label}.", param=name, code="invalid_type")
-    return value
 
 
 def _instructions(instructions: Any) -> list[dict[str, Any]]:

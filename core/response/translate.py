@@ -320,16 +320,15 @@ class DifyEventTranslator:
     def _end(self, finish_reason: str) -> list[Item]:
         if self.finished:
             return []
-        items = self._thoughts_left()
         self.finished = True
-        return items + [(END, (finish_reason, self.usage))]
+        return [(END, (finish_reason, self.usage))]
 
     def feed_eof(self) -> list[Item]:
         """The body ended: fine after a terminal event, an error item otherwise."""
         if self.finished:
             return []
         if self._workflow_ended:  # Dify >= 1.13 ends chatflow streams at workflow_finished.
-            return self._end("stop")
+            return self._thoughts_left() + self._end("stop")
         self.finished = True
         return [(ERROR, upstream_failure("Dify closed the stream before the answer was complete", 502,
                                      "upstream_incomplete"))]
